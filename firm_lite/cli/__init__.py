@@ -1,0 +1,87 @@
+"""The ``firm-lite`` command: a click group whose subcommands live in their own modules.
+
+Subcommand modules are imported only when named (or when ``--help`` lists them); they parse
+options and call the public function in ``firm_lite`` that does the work. None of them imports
+torch at module level, so ``firm-lite --help`` stays fast. A :class:`~firm_lite.errors.UserError`
+anywhere below becomes one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from typing import Any
+
+import click
+
+from firm_lite import __version__
+
+# name -> "module:attribute"; add a line here to add a subcommand.
+SUBCOMMANDS: dict[str, str] = {
+    "score": "firm_lite.cli.score:score_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when it is used, and turns UserError into one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(import_module(module), attr)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from firm_lite.errors import UserError
+
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished records are saved; re-run the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="firm-lite")
+def main() -> None:
+    """firm-lite: score image edits with the FIRM-Edit critic on hardware you own.
+
+    \b
+    Quick start (offline tiny critic, no download):
+      firm-lite score --model tiny --source demo/source.png --edited demo/edited.png \\
+          --instruction "make the sky pink"
+    Real critic (GPU, VisionXLab/FIRM-Edit-8B from the Hugging Face cache):
+      firm-lite score --source a.jpg --edited b.jpg --instruction "remove the car"
+    """
+
+
+def common_model_options(func: Any) -> Any:
+    """--model/--variant/--device/--dtype/--min-pixels/--max-pixels, shared by every command."""
+    from firm_lite.sources import DEFAULT_MODEL
+
+    options = [
+        click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                     help="Hub id, local model folder, or 'tiny' (the offline test critic)."),
+        click.option("--variant", default="default", show_default=True,
+                     help="fp32, bf16, fp16, a quantized variant name, or an exported variant folder. "
+                          "'default' loads the checkpoint at --dtype."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:N."),
+        click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+                     help="Weights dtype for the default variant: auto = bf16 on GPU, fp32 on CPU."),
+        click.option("--min-pixels", type=click.IntRange(min=1), default=None,
+                     help="Image budget lower bound in pixels (default: the model's processor)."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                     help="Image budget upper bound in pixels (default: the model's processor). "
+                          "Tokens per image ~ pixels / 1024."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

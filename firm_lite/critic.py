@@ -1,0 +1,148 @@
+"""The critic: a loaded model + processor that turns edit pairs into records.
+
+:func:`load_critic` resolves the model source and variant, loads once per process (cached by its
+arguments), and pins the image budget and decoding settings. :meth:`Critic.score` decodes each
+pair's images once, renders both modes through :mod:`firm_lite.prompts`, generates in batches,
+and returns one record per pair; a pair whose images cannot be used becomes an error record and
+the others go on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from firm_lite.cme import CMEWeights
+from firm_lite.errors import PairError
+from firm_lite.generation import DecodingConfig, generate_answers
+from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS, ImageBudget, load_image
+from firm_lite.prompts import MODES, build_messages
+from firm_lite.records import EditPair, ModeScore, build_record
+from firm_lite.sources import DEFAULT_MODEL
+
+MAX_INSTRUCTION_CHARS = 4000
+
+
+@dataclass
+class Critic:
+    """A loaded critic. Thread-safe for callers: one generation runs at a time."""
+
+    model: Any
+    processor: Any
+    model_id: str
+    variant: str
+    device: Any
+    budget: ImageBudget
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    weights: CMEWeights = field(default_factory=CMEWeights)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    provenance: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def context(self) -> dict[str, Any]:
+        return {"model": self.model_id, "variant": self.variant, "image_budget": self.budget.as_record()}
+
+    def render(self, mode: str, instruction: str, requirement: str = "") -> str:
+        """The exact text (with image placeholders) sent for one mode."""
+        messages = build_messages(mode, instruction, None, None, requirement)
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _prepare(self, pair: EditPair) -> tuple[Any, Any]:
+        instruction = pair.instruction if isinstance(pair.instruction, str) else ""
+        if not instruction.strip():
+            raise PairError(f"pair {pair.id}: empty instruction")
+        if len(instruction) > MAX_INSTRUCTION_CHARS:
+            raise PairError(f"pair {pair.id}: instruction is {len(instruction)} characters "
+                             f"(limit {MAX_INSTRUCTION_CHARS})")
+        return (load_image(pair.source, self.max_image_pixels), load_image(pair.edited, self.max_image_pixels))
+
+    def score_modes(self, items: list[tuple[EditPair, Any, Any]], modes: Iterable[str] = MODES
+                    ) -> dict[str, list[ModeScore]]:
+        """Score prepared (pair, source_img, edited_img) items in every mode, batched."""
+        out: dict[str, list[ModeScore]] = {}
+        for mode in modes:
+            texts = [self.render(mode, p.instruction, p.requirement) for p, _, _ in items]
+            images = [im for _, s, e in items for im in (s, e)]
+            with self._lock:
+                out[mode] = generate_answers(self.model, self.processor, texts, images,
+                                             self.budget, self.decoding)
+        return out
+
+    def score(self, pairs: Iterable[EditPair], batch_size: int = 4,
+              on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Score pairs; returns records in input order (``on_record`` sees each as it is done)."""
+        return list(self.iter_score(pairs, batch_size, on_record))
+
+    def iter_score(self, pairs: Iterable[EditPair], batch_size: int = 4,
+                   on_record: Callable[[dict[str, Any]], None] | None = None) -> Iterator[dict[str, Any]]:
+        batch: list[EditPair] = []
+        for pair in pairs:
+            batch.append(pair)
+            if len(batch) >= batch_size:
+                yield from self._score_batch(batch, on_record)
+                batch = []
+        if batch:
+            yield from self._score_batch(batch, on_record)
+
+    def _score_batch(self, batch: list[EditPair], on_record: Callable[[dict[str, Any]], None] | None
+                     ) -> Iterator[dict[str, Any]]:
+        records: dict[int, dict[str, Any]] = {}
+        ready: list[tuple[int, tuple[EditPair, Any, Any]]] = []
+        for i, pair in enumerate(batch):
+            try:
+                src, edt = self._prepare(pair)
+                ready.append((i, (pair, src, edt)))
+            except PairError as exc:
+                records[i] = build_record(pair.id, self.context, None, None, self.weights, error=str(exc))
+        if ready:
+            scored = self.score_modes([item for _, item in ready])
+            for k, (i, (pair, _, _)) in enumerate(ready):
+                records[i] = build_record(pair.id, self.context, scored["execution"][k],
+                                          scored["consistency"][k], self.weights)
+        for i in range(len(batch)):
+            if on_record:
+                on_record(records[i])
+            yield records[i]
+
+
+_CACHE: dict[tuple, Critic] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_critic(model: str = DEFAULT_MODEL, variant: str = "default", device: str = "auto",
+                dtype: str = "auto", min_pixels: int | None = None, max_pixels: int | None = None,
+                max_new_tokens: int = 256, weights: CMEWeights | None = None,
+                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, revision: str | None = None) -> Critic:
+    """Load (once per process for the same arguments) a critic ready to score.
+
+    ``model``: hub id, local folder or ``tiny``. ``variant``: a registered name (``fp32``,
+    ``bf16``, ...), an exported variant folder, or ``default`` (``dtype`` decides).
+    """
+    key = (model, variant, device, dtype, min_pixels, max_pixels, max_new_tokens, weights,
+           max_image_pixels, revision)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        from firm_lite.device import dtype_name, resolve_device, resolve_dtype
+        from firm_lite.sources import resolve_model
+        from firm_lite.variants import LoadRequest, resolve_variant
+
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        spec, folder = resolve_variant(variant)
+        source = resolve_model(model, revision=revision)
+        loaded_model, processor = spec.load(LoadRequest(source=source, device=dev, dtype=torch_dtype,
+                                                        folder=folder))
+        budget = ImageBudget.from_processor(processor, min_pixels, max_pixels)
+        label = str(folder) if folder else (f"{spec.name}:{dtype_name(torch_dtype)}"
+                                            if spec.name == "default" else spec.name)
+        critic = Critic(model=loaded_model, processor=processor, model_id=source.model_id,
+                        variant=label, device=dev, budget=budget,
+                        decoding=DecodingConfig(max_new_tokens=max_new_tokens),
+                        weights=weights or CMEWeights(), max_image_pixels=max_image_pixels,
+                        provenance={"source": source.as_record(), "variant_family": spec.family})
+        _CACHE[key] = critic
+        return critic

@@ -1,0 +1,64 @@
+"""The shapes that flow through firm-lite: an edit pair in, one record per pair out.
+
+Record shape (names fixed; the CLI, server, calibration harness and benchmark all read it)::
+
+    {"id", "model", "variant", "image_budget",
+     "execution": {"score", "expected", "probs", "reasoning", "parse_ok", "raw"},
+     "consistency": {...same...}, "cme", "cme_expected", "error"}
+
+``probs`` are the probabilities of the digits 1..5 at the step where the answer writes its score,
+renormalised over those five digits; ``expected`` is their probability-weighted mean (1..5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from firm_lite.cme import CMEWeights, cme
+
+
+@dataclass
+class EditPair:
+    """One edit to judge: original image, edited image and the instruction that was asked."""
+
+    id: str
+    source: Any  # path, bytes or PIL image of the ORIGINAL
+    edited: Any  # path, bytes or PIL image of the EDITED result
+    instruction: str
+    requirement: str = ""
+
+
+@dataclass
+class ModeScore:
+    """The critic's answer for one mode of one pair."""
+
+    score: int | None
+    expected: float | None
+    probs: list[float] | None
+    reasoning: str | None
+    parse_ok: bool
+    raw: str
+
+    def as_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_record(pair_id: str, context: dict[str, Any], execution: ModeScore | None,
+                 consistency: ModeScore | None, weights: CMEWeights,
+                 error: str | None = None) -> dict[str, Any]:
+    """Assemble the fixed record. ``context`` holds model, variant and image_budget."""
+    ex = execution.as_record() if execution else None
+    co = consistency.as_record() if consistency else None
+    return {
+        "id": pair_id,
+        "model": context.get("model"),
+        "variant": context.get("variant"),
+        "image_budget": context.get("image_budget"),
+        "execution": ex,
+        "consistency": co,
+        "cme": cme(execution.score if execution else None, consistency.score if consistency else None, weights),
+        "cme_expected": cme(execution.expected if execution else None,
+                            consistency.expected if consistency else None, weights),
+        "error": error,
+    }

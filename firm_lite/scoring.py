@@ -1,0 +1,147 @@
+"""``firm_lite.score``: what ``firm-lite score`` does, as a function.
+
+Scores a single pair or a JSONL manifest with one loaded critic, appends records to ``out``
+(resuming: ids already there are skipped), records failing rows as error records and carries on.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firm_lite.cme import CMEWeights
+from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
+from firm_lite.manifest import ManifestRow, ResultWriter, read_manifest, read_results
+from firm_lite.records import EditPair, build_record
+from firm_lite.sources import DEFAULT_MODEL
+
+
+def demo_pair() -> EditPair:
+    """The bundled demo edit (a real photo and its exact greyscale version)."""
+    import json
+    from importlib import resources
+
+    folder = resources.files("firm_lite.data") / "demo"
+    meta = json.loads((folder / "demo.json").read_text("utf-8"))
+    return EditPair(meta["id"], Path(str(folder / meta["source"])), Path(str(folder / meta["edited"])),
+                    meta["instruction"])
+
+
+@dataclass
+class ScoreRun:
+    """Outcome of a scoring run: the new records, counts, and what produced them."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.records if r.get("error"))
+
+    @property
+    def scored(self) -> int:
+        return len(self.records) - self.failed
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"records": self.records,
+                "summary": {"scored": self.scored, "failed": self.failed, "skipped": self.skipped},
+                "provenance": self.provenance}
+
+
+def run_provenance(critic: Any) -> dict[str, Any]:
+    """Versions and settings that decide a score, for outputs and caches."""
+    import torch
+    import transformers
+
+    from firm_lite import __version__
+    from firm_lite.prompts import prompt_hash
+
+    return {
+        "firm_lite": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "model": critic.provenance.get("source"), "variant": critic.variant,
+        "device": str(critic.device), "image_budget": critic.budget.as_record(),
+        "decoding": critic.decoding.as_record(), "prompt_sha256": prompt_hash(),
+        "cme_weights": {"w1": critic.weights.w1, "w2": critic.weights.w2},
+    }
+
+
+def score(*, source: str | Path | None = None, edited: str | Path | None = None,
+          instruction: str | None = None, requirement: str = "", pair_id: str = "pair",
+          manifest: str | Path | None = None, demo: bool = False, out: str | Path | None = None,
+          model: str = DEFAULT_MODEL, variant: str = "default", device: str = "auto", dtype: str = "auto",
+          min_pixels: int | None = None, max_pixels: int | None = None, max_new_tokens: int = 256,
+          batch_size: int = 4, w1: float = 0.6, w2: float = 0.4, retry_errors: bool = False,
+          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = False) -> ScoreRun:
+    """Score one pair (``source``/``edited``/``instruction``) or a ``manifest``; see module doc."""
+    from firm_lite.critic import load_critic
+    from firm_lite.errors import UserError
+
+    if demo:
+        if manifest is not None or any(v is not None for v in (source, edited, instruction)):
+            raise UserError("--demo scores the bundled pair: drop --source/--edited/--instruction/--manifest")
+        pair = demo_pair()
+        source, edited, instruction, pair_id = pair.source, pair.edited, pair.instruction, pair.id
+    if manifest is not None and any(v is not None for v in (source, edited, instruction)):
+        raise UserError("give either --manifest or --source/--edited/--instruction, not both")
+    if manifest is None:
+        missing = [n for n, v in (("--source", source), ("--edited", edited), ("--instruction", instruction))
+                   if v is None]
+        if missing:
+            raise UserError(f"missing {', '.join(missing)} (or pass --manifest FILE.jsonl)")
+        rows = [ManifestRow(0, pair_id, EditPair(pair_id, Path(source), Path(edited), instruction, requirement))]
+    else:
+        rows = list(read_manifest(manifest))
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
+    try:
+        weights = CMEWeights(w1, w2)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+    done = read_results(out) if out else {}
+    todo = []
+    run = ScoreRun()
+    for row in rows:
+        prev = done.get(row.id)
+        if prev is not None and not (retry_errors and prev.get("error")):
+            run.skipped += 1
+            continue
+        todo.append(row)
+
+    critic = load_critic(model=model, variant=variant, device=device, dtype=dtype, min_pixels=min_pixels,
+                         max_pixels=max_pixels, max_new_tokens=max_new_tokens, weights=weights,
+                         max_image_pixels=max_image_pixels)
+    run.provenance = run_provenance(critic)
+    writer = ResultWriter(out) if out else None
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="pair", file=sys.stderr, desc="scoring")
+
+    def emit(record: dict[str, Any]) -> None:
+        run.records.append(record)
+        if writer:
+            writer.write(record)
+        if bar:
+            bar.update(1)
+
+    try:
+        for row in todo:
+            if row.pair is None:
+                emit(build_record(row.id, critic.context, None, None, weights, error=row.error))
+        for _ in critic.iter_score((r.pair for r in todo if r.pair is not None), batch_size, emit):
+            pass
+    finally:
+        if bar:
+            bar.close()
+        if writer:
+            writer.close()
+    return run

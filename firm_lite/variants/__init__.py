@@ -1,0 +1,109 @@
+"""Variant registry: every way of loading a critic, behind one load signature.
+
+A variant is a named recipe for turning a :class:`~firm_lite.sources.ModelSource` into a
+``(model, processor)`` pair on a device: the reference precisions (``bf16``, ``fp16``, ``fp32``),
+quantize-at-load backends, and exported folders (which carry a ``firm_lite_variant.json`` naming
+their backend). Backends register themselves with :func:`register`; nothing here branches on
+backend names. Backend modules import their heavy libraries inside ``load`` only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from firm_lite.errors import UserError
+
+VARIANT_MANIFEST = "firm_lite_variant.json"
+# Modules whose import registers built-in backends (kept lazy: imported on first lookup).
+_BUILTIN_MODULES: list[str] = ["firm_lite.variants.reference"]
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Everything a backend needs to load: same shape for every backend."""
+
+    source: Any  # ModelSource of the reference checkpoint (or of the exported folder)
+    device: Any  # torch.device
+    dtype: Any  # torch dtype for unquantized parts
+    folder: Path | None = None  # exported variant folder, when loading one
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A registered variant. ``weight_bits`` feeds the fit planner; ``accuracy_rank`` orders
+    variants for ``--variant auto`` (lower is closer to the reference)."""
+
+    name: str
+    family: str
+    description: str
+    load: Callable[[LoadRequest], tuple[Any, Any]]
+    weight_bits: float = 16.0
+    accuracy_rank: int = 0
+    extra: str | None = None
+    from_folder: bool = False  # True: loads an exported folder rather than quantizing at load
+
+
+_REGISTRY: dict[str, VariantSpec] = {}
+_loaded = False
+
+
+def register(spec: VariantSpec) -> VariantSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"variant {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def add_builtin_module(module: str) -> None:
+    """Let a backend package add itself to the lazily imported built-ins."""
+    if module not in _BUILTIN_MODULES:
+        _BUILTIN_MODULES.append(module)
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if not _loaded:
+        for module in list(_BUILTIN_MODULES):
+            import_module(module)
+        _loaded = True
+
+
+def registry() -> dict[str, VariantSpec]:
+    _ensure_loaded()
+    return dict(_REGISTRY)
+
+
+def read_variant_manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / VARIANT_MANIFEST
+    if not path.exists():
+        raise UserError(f"{folder}: not an exported variant folder (no {VARIANT_MANIFEST})")
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: broken variant manifest ({exc})") from None
+
+
+def resolve_variant(name_or_path: str) -> tuple[VariantSpec, Path | None]:
+    """A registered name, ``backend:DIR``, or an exported folder -> (spec, folder)."""
+    specs = registry()
+    if name_or_path in specs and not specs[name_or_path].from_folder:
+        return specs[name_or_path], None
+    backend, sep, rest = name_or_path.partition(":")
+    if sep and backend in specs and specs[backend].from_folder:
+        return specs[backend], Path(rest)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        manifest = read_variant_manifest(folder)
+        backend = manifest.get("backend")
+        if backend not in specs:
+            raise UserError(f"{folder}: variant backend {backend!r} is unknown to this firm-lite "
+                            f"(known: {', '.join(sorted(specs))})")
+        return specs[backend], folder
+    names = ", ".join(sorted(n for n, s in specs.items() if not s.from_folder))
+    raise UserError(f"--variant {name_or_path}: not a variant name ({names}, auto) nor an exported folder")
