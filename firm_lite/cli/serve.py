@@ -1,0 +1,56 @@
+"""``firm-lite serve``: parse options, call :func:`firm_lite.server.runner.serve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from firm_lite.cli import common_model_options
+from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
+
+
+@click.command("serve")
+@common_model_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback needs --token or --insecure-no-auth.")
+@click.option("--port", type=click.IntRange(0, 65535), default=12341, show_default=True,
+              help="Port (12341 is the reference reward server's).")
+@click.option("--token", envvar="FIRM_LITE_TOKEN", default=None,
+              help="Require this secret on every request (Authorization: Bearer TOKEN, or "
+                   "REWARD_SERVER=user:TOKEN@host:port). Also read from $FIRM_LITE_TOKEN.")
+@click.option("--insecure-no-auth", is_flag=True, help="Allow a non-loopback --host without a token.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Most items scored in one forward pass (1 = no micro-batching).")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="How long the first queued item waits for a batch to fill.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Items allowed to wait; beyond that requests get 503 + Retry-After.")
+@click.option("--max-items", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most edits in one request (the reference client sends 64).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=128.0, show_default=True,
+              help="Largest request body in MiB (413 beyond).")
+@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
+              help="Answer length cap (the reference uses 256).")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_IMAGE_PIXELS,
+              show_default=True, help="Refuse larger images (decompression-bomb guard).")
+@click.option("--w1", type=click.FloatRange(min=0), default=0.6, show_default=True,
+              help="CME execution weight (JSON API records).")
+@click.option("--w2", type=click.FloatRange(min=0), default=0.4, show_default=True,
+              help="CME consistency weight (JSON API records).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              default="info", show_default=True, help="uvicorn log level.")
+def serve_cmd(**kwargs: Any) -> None:
+    """Serve the critic over HTTP: a drop-in for the FIRM-Edit reference reward server
+    (POST /mode/score_execution and /mode/score_consistency, pickled bodies, decoded safely),
+    plus a JSON API (POST /v1/score), GET /health and GET /metrics.
+
+    \b
+    Examples:
+      firm-lite serve --model tiny                       # loopback, port 12341
+      REWARD_SERVER=127.0.0.1:12341 python train.py      # point a trainer at it
+      firm-lite serve --host 0.0.0.0 --token "$SECRET"   # reachable from other machines
+    """
+    from firm_lite.server.runner import serve
+
+    serve(**kwargs)
