@@ -93,3 +93,13 @@ def cuda_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def cap_memory(device: Any, gib: float) -> None:
+    """Limit this process's CUDA allocations to ``gib`` (stand in for a smaller card)."""
+    if device.type != "cuda":
+        return
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)

@@ -70,22 +70,27 @@ def _token_index_at(tokenizer: Any, ids: list[int], offset: int) -> int | None:
     return lo if lo < len(ids) else None
 
 
-def readout(tokenizer: Any, ids: list[int], step_logits: list[Any], offset: int | None,
-            digit_ids: list[int], score: int | None) -> tuple[list[float] | None, float | None]:
-    """Probabilities of the five digits at the score's step, renormalised, and their mean."""
+def digit_distribution(digit_logits: Any) -> tuple[list[float], float]:
+    """Five digit logits -> (probabilities renormalised over the digits, expected score 1..5).
+
+    Softmax over the five logits equals the full-vocabulary softmax renormalised over them."""
     import torch
 
+    p = torch.softmax(digit_logits.double(), dim=-1)
+    probs = [float(x) for x in p]
+    return probs, float(sum((k + 1) * q for k, q in enumerate(probs)))
+
+
+def readout(tokenizer: Any, ids: list[int], step_digit_logits: list[Any], offset: int | None,
+            digit_ids: list[int], score: int | None) -> tuple[list[float] | None, float | None]:
+    """Digit distribution at the step that wrote the score. ``step_digit_logits[k]`` holds the
+    five digit logits of generation step k."""
     if offset is None or score is None:
         return None, None
     index = _token_index_at(tokenizer, ids, offset)
-    if index is None or index >= len(step_logits) or ids[index] != digit_ids[score - 1]:
+    if index is None or index >= len(step_digit_logits) or ids[index] != digit_ids[score - 1]:
         return None, None
-    logp = torch.log_softmax(step_logits[index].float(), dim=-1)
-    p = logp[digit_ids].exp()
-    p = p / p.sum()
-    probs = [float(x) for x in p]
-    expected = float(sum((k + 1) * q for k, q in enumerate(probs)))
-    return probs, expected
+    return digit_distribution(step_digit_logits[index])
 
 
 def generate_answers(model: Any, processor: Any, texts: list[str], images: list[Any],
@@ -122,8 +127,8 @@ def generate_answers(model: Any, processor: Any, texts: list[str], images: list[
         gen = gen[:n]
         raw = tokenizer.decode(gen, skip_special_tokens=True)
         parsed = parse_answer(raw)
-        probs, expected = readout(tokenizer, gen, [lg[row] for lg in out.logits], parsed.score_offset,
-                                  digit_ids, parsed.score)
+        probs, expected = readout(tokenizer, gen, [lg[row, digit_ids] for lg in out.logits],
+                                  parsed.score_offset, digit_ids, parsed.score)
         results.append(ModeScore(score=parsed.score, expected=expected, probs=probs,
                                  reasoning=parsed.reasoning, parse_ok=parsed.parse_ok, raw=raw))
     return results
