@@ -20,7 +20,8 @@ from firm_lite.errors import UserError
 
 VARIANT_MANIFEST = "firm_lite_variant.json"
 # Modules whose import registers built-in backends (kept lazy: imported on first lookup).
-_BUILTIN_MODULES: list[str] = ["firm_lite.variants.reference"]
+_BUILTIN_MODULES: list[str] = ["firm_lite.variants.reference", "firm_lite.variants.noisy",
+                               "firm_lite.variants.onnx", "firm_lite.variants.bnb", "firm_lite.variants.gptq"]
 
 
 @dataclass(frozen=True)
