@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from firm_lite.cme import CMEWeights
@@ -39,6 +39,8 @@ class Critic:
     weights: CMEWeights = field(default_factory=CMEWeights)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     provenance: dict[str, Any] = field(default_factory=dict)
+    engine: str = "auto"  # "auto": shared-prefix engine when the backend allows; "generate": plain HF generate
+    protocol: str = "full"  # "full": the reference protocol; "fast": score read without reasoning
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -50,7 +52,8 @@ class Critic:
         messages = build_messages(mode, instruction, None, None, requirement)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _prepare(self, pair: EditPair) -> tuple[Any, Any]:
+    def prepare(self, pair: EditPair) -> tuple[Any, Any]:
+        """Check the instruction and decode both images (raises PairError naming the problem)."""
         instruction = pair.instruction if isinstance(pair.instruction, str) else ""
         if not instruction.strip():
             raise PairError(f"pair {pair.id}: empty instruction")
@@ -59,9 +62,32 @@ class Critic:
                              f"(limit {MAX_INSTRUCTION_CHARS})")
         return (load_image(pair.source, self.max_image_pixels), load_image(pair.edited, self.max_image_pixels))
 
-    def score_modes(self, items: list[tuple[EditPair, Any, Any]], modes: Iterable[str] = MODES
-                    ) -> dict[str, list[ModeScore]]:
-        """Score prepared (pair, source_img, edited_img) items in every mode, batched."""
+    @property
+    def uses_engine(self) -> bool:
+        from firm_lite.engine import supports_engine
+
+        return self.engine != "generate" and supports_engine(self.model)
+
+    def score_modes(self, items: list[tuple[EditPair, Any, Any]], modes: Iterable[str] = MODES,
+                    timings: dict[str, float] | None = None) -> dict[str, list[ModeScore]]:
+        """Score prepared (pair, source_img, edited_img) items in every mode, batched.
+        ``timings`` (engine only) collects seconds per phase, for the benchmark."""
+        modes = list(modes)
+        if self.uses_engine:
+            from firm_lite.engine import score_batch, split_after_images
+
+            prefixes, suffixes = [], {m: [] for m in modes}
+            for pair, _, _ in items:
+                for m in modes:
+                    prefix, suffix = split_after_images(self.render(m, pair.instruction, pair.requirement))
+                    suffixes[m].append(suffix)
+                prefixes.append(prefix)
+            images = [im for _, s, e in items for im in (s, e)]
+            with self._lock:
+                return score_batch(self.model, self.processor, prefixes, suffixes, images, self.budget,
+                                   self.decoding, self.protocol, timings)
+        if self.protocol != "full":
+            raise ValueError("the fast protocol needs the shared-prefix engine (a transformers backend)")
         out: dict[str, list[ModeScore]] = {}
         for mode in modes:
             texts = [self.render(mode, p.instruction, p.requirement) for p, _, _ in items]
@@ -93,7 +119,7 @@ class Critic:
         ready: list[tuple[int, tuple[EditPair, Any, Any]]] = []
         for i, pair in enumerate(batch):
             try:
-                src, edt = self._prepare(pair)
+                src, edt = self.prepare(pair)
                 ready.append((i, (pair, src, edt)))
             except PairError as exc:
                 records[i] = build_record(pair.id, self.context, None, None, self.weights, error=str(exc))
@@ -115,25 +141,40 @@ _CACHE_LOCK = threading.Lock()
 def load_critic(model: str = DEFAULT_MODEL, variant: str = "default", device: str = "auto",
                 dtype: str = "auto", min_pixels: int | None = None, max_pixels: int | None = None,
                 max_new_tokens: int = 256, weights: CMEWeights | None = None,
-                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, revision: str | None = None) -> Critic:
+                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, revision: str | None = None,
+                engine: str = "auto", protocol: str = "full") -> Critic:
     """Load (once per process for the same arguments) a critic ready to score.
 
     ``model``: hub id, local folder or ``tiny``. ``variant``: a registered name (``fp32``,
-    ``bf16``, ...), an exported variant folder, or ``default`` (``dtype`` decides).
+    ``bf16``, ...), an exported variant folder, ``default`` (``dtype`` decides), or ``auto``
+    (the most accurate variant that fits the device's free memory; the reason goes to stderr and
+    ``provenance["variant_choice"]``).
     """
     key = (model, variant, device, dtype, min_pixels, max_pixels, max_new_tokens, weights,
            max_image_pixels, revision)
     with _CACHE_LOCK:
         if key in _CACHE:
-            return _CACHE[key]
+            # same weights, processor and settings: share them; engine/protocol are per view
+            return replace(_CACHE[key], engine=engine, protocol=protocol)
         from firm_lite.device import dtype_name, resolve_device, resolve_dtype
         from firm_lite.sources import resolve_model
         from firm_lite.variants import LoadRequest, resolve_variant
 
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
+        choice = None
+        if variant == "auto":  # the most accurate variant that fits this device's free memory
+            import sys
+
+            from firm_lite.plan import auto_image_size, choose_variant
+
+            variant, choice = choose_variant(model, dev, image_size=auto_image_size(max_pixels))
+            print(choice, file=sys.stderr)
         spec, folder = resolve_variant(variant)
-        source = resolve_model(model, revision=revision)
+        # An exported folder carries its own config and processor: unless --model names another
+        # checkpoint it is its own source (no hub lookup for weights the backend does not use).
+        source = resolve_model(str(folder) if folder is not None and model == DEFAULT_MODEL else model,
+                               revision=revision)
         loaded_model, processor = spec.load(LoadRequest(source=source, device=dev, dtype=torch_dtype,
                                                         folder=folder))
         budget = ImageBudget.from_processor(processor, min_pixels, max_pixels)
@@ -143,6 +184,16 @@ def load_critic(model: str = DEFAULT_MODEL, variant: str = "default", device: st
                         variant=label, device=dev, budget=budget,
                         decoding=DecodingConfig(max_new_tokens=max_new_tokens),
                         weights=weights or CMEWeights(), max_image_pixels=max_image_pixels,
-                        provenance={"source": source.as_record(), "variant_family": spec.family})
+                        provenance={"source": source.as_record(), "variant_family": spec.family,
+                                    "variant_folder": str(folder) if folder else None,
+                                    "variant_choice": choice})
         _CACHE[key] = critic
-        return critic
+        return replace(critic, engine=engine, protocol=protocol)
+
+
+def release_critic(critic: Critic) -> None:
+    """Forget a loaded critic so its memory can be freed once the caller drops it too
+    (calibration loads the reference and each variant one after another)."""
+    with _CACHE_LOCK:
+        for key in [k for k, c in _CACHE.items() if c.model is critic.model]:
+            del _CACHE[key]

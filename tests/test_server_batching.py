@@ -41,7 +41,7 @@ class ScriptedCritic:
         self.fail_on = fail_on
         self.batches: list[tuple[str, list[str]]] = []
 
-    def _prepare(self, pair):
+    def prepare(self, pair):
         return pair.source, pair.edited
 
     def score_modes(self, items, modes):

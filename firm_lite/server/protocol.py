@@ -119,7 +119,7 @@ def prepare_pair(critic: Any, pair: EditPair, labels: tuple[str, str] = ("source
             raise ImageError(f"{label}: {exc}") from None
     ready = EditPair(pair.id, decoded[0], decoded[1], pair.instruction, pair.requirement)
     # The critic's own rules (instruction present, not too long); decoded images pass straight through.
-    src, edt = critic._prepare(ready)
+    src, edt = critic.prepare(ready)
     return ready, src, edt
 
 
