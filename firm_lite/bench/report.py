@@ -1,0 +1,90 @@
+"""Views of a saved benchmark JSON: the markdown table and the accuracy-vs-speed Pareto plot.
+
+Both are made from the file on disk (never from in-memory state), so a result can be re-plotted
+or compared later with ``firm-lite bench --report FILE.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown table: one row per variant x protocol x batch size, ratios to the baseline."""
+    lines = [f"Model `{results['model']}`, manifest `{results['manifest']}` ({results['pairs']} pairs), "
+             f"device {results['device']}, {results.get('threads')} threads, max_new_tokens "
+             f"{results['max_new_tokens']}.", ""]
+    base = results.get("baseline")
+    if base:
+        lines.append(f"Baseline (reference-style: one pair at a time, one `generate` per mode, images encoded per "
+                     f"call, no early stop), variant `{base['variant']}`: **{base['pairs_per_s']:.3f} pairs/s**, "
+                     f"p50 {base['latency_p50_s'] * 1000:.0f} ms, p95 {base['latency_p95_s'] * 1000:.0f} ms per pair.")
+        lines.append("")
+    lines += ["| variant | protocol | batch | pairs/s | x baseline | decode tok/s "
+              "| batch p50 ms (vision/prefill/decode) | batch p95 ms | same int scores as baseline "
+              "| load s | peak MiB | flip rate | KL p95 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in results["variants"]:
+        if "error" in v:
+            lines.append(f"| {v['variant']} | error: {v['error']} |" + " |" * 11)
+            continue
+        drift = v.get("drift") or {}
+        for r in v["runs"]:
+            lat = r.get("batch_latency_s", {})
+            split = "/".join(_fmt(lat.get(p, {}).get("p50", 0) * 1000, ".0f") for p in ("vision", "prefill", "decode"))
+            total = lat.get("total", {})
+            cmp_ = r.get("vs_baseline") or r.get("agreement_with_full") or {}
+            same = (f"{cmp_['pairs'] - cmp_['mismatches']}/{cmp_['pairs']}" if cmp_ else "-")
+            lines.append(
+                f"| {v.get('label', v['variant'])} | {r['protocol']} | {r['batch_size']} | {r['pairs_per_s']:.3f} | "
+                f"{_fmt(r.get('ratio_pairs_per_s'), '.1f')} | {_fmt(r.get('decode_tokens_per_s'), '.0f')} | "
+                f"{_fmt(total.get('p50', 0) * 1000, '.0f')} ({split}) | {_fmt(total.get('p95', 0) * 1000, '.0f')} | "
+                f"{same} | {v['load_s']:.1f} | {v['peak_memory_bytes'] / 2**20:.0f} | "
+                f"{_fmt(drift.get('flip_rate'), '.3f')} | {_fmt(drift.get('kl_p95'), '.4f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(results: dict[str, Any], path: Path) -> None:
+    """Drift (flip rate, 0 when unknown/reference) vs pairs/s; marker area ~ peak memory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    mem = [v["peak_memory_bytes"] for v in results["variants"] if "error" not in v] or [1]
+    scale = 600 / max(mem)
+    for v in results["variants"]:
+        if "error" in v:
+            continue
+        drift = (v.get("drift") or {}).get("flip_rate") or 0.0
+        for r in v["runs"]:
+            label = f"{v.get('label', v['variant'])} {r['protocol']} b{r['batch_size']}"
+            ax.scatter(r["pairs_per_s"], drift, s=max(20, v["peak_memory_bytes"] * scale), alpha=0.6)
+            ax.annotate(label, (r["pairs_per_s"], drift), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if results.get("baseline"):
+        ax.axvline(results["baseline"]["pairs_per_s"], color="grey", ls="--", lw=1)
+        ax.annotate("baseline", (results["baseline"]["pairs_per_s"], 0), fontsize=7, rotation=90)
+    ax.set_xscale("log")
+    ax.set_xlabel("pairs/s (log)")
+    ax.set_ylabel("flip rate vs reference (calibration)")
+    ax.set_title("firm-lite: drift vs speed (marker area ~ peak memory)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_views(json_path: str | Path) -> tuple[Path, Path]:
+    """Write ``.md`` and ``.png`` next to a saved results JSON."""
+    json_path = Path(json_path)
+    results = json.loads(json_path.read_text("utf-8"))
+    md, png = json_path.with_suffix(".md"), json_path.with_suffix(".png")
+    md.write_text(table(results), "utf-8")
+    pareto_plot(results, png)
+    return md, png
