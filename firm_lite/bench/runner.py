@@ -34,18 +34,23 @@ def _run_worker(spec: dict[str, Any], timeout_s: int) -> dict[str, Any]:
 
 
 def _drift(calibration: dict[str, Any] | None, label: str, variant: str) -> dict[str, Any] | None:
-    """The calibration report's summary for this variant (matched by label or name)."""
+    """The calibration report's figures for this variant (matched by name, label or folder);
+    the worse of the two modes for flip rate and KL."""
     if not calibration:
         return None
+    wanted = {label, variant, str(Path(variant).resolve()) if Path(variant).exists() else variant}
     for entry in calibration.get("variants", []):
-        if entry.get("variant") in (label, variant) or entry.get("label") in (label, variant):
-            modes = entry.get("modes", {})
-            return {
-                "flip_rate": max((m.get("flip_rate", 0.0) for m in modes.values()), default=None),
-                "kl_p95": max((m.get("kl_p95", 0.0) for m in modes.values()), default=None),
-                "cme_mae": entry.get("cme", {}).get("mae"),
-                "passed": entry.get("passed"),
-            }
+        if not wanted & {entry.get("variant"), entry.get("name"), entry.get("folder")}:
+            continue
+        metrics = entry.get("metrics", {})
+        modes = [metrics[m] for m in ("execution", "consistency") if m in metrics]
+        return {
+            "flip_rate": max((m.get("flip_rate") or 0.0 for m in modes), default=None),
+            "big_flip_rate": max((m.get("big_flip_rate") or 0.0 for m in modes), default=None),
+            "kl_p95": max((m.get("kl_p95") or 0.0 for m in modes), default=None),
+            "cme_mae": metrics.get("cme", {}).get("cme_mae"),
+            "passed": entry.get("passed"),
+        }
     return None
 
 
