@@ -59,17 +59,17 @@ def test_engine_matches_plain_generate(tiny_critic, tmp_path: Path, batch: int) 
         out = tiny_critic.score_modes(items[s:s + batch])
         got += [{m: out[m][k] for m in out} for k in range(len(items[s:s + batch]))]
     worst = 0.0
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         for m in ("execution", "consistency"):
             assert g[m].raw == r[m].raw and g[m].score == r[m].score
-            worst = max(worst, max(abs(a - b) for a, b in zip(g[m].probs, r[m].probs)))
+            worst = max(worst, max(abs(a - b) for a, b in zip(g[m].probs, r[m].probs, strict=True)))
     assert worst < 1e-4, f"largest probability difference {worst:.2e}"
 
 
 def test_fast_protocol_is_labelled_and_distributional(tiny_critic, tmp_path: Path) -> None:
     fast = replace(tiny_critic, protocol="fast")
     out = fast.score_modes(_items(tiny_critic, tmp_path, 2))
-    for m, scores in out.items():
+    for scores in out.values():
         for s in scores:
             assert s.raw.startswith(FAST_ANSWER_PREFIX) and s.reasoning is None
             assert abs(sum(s.probs) - 1) < 1e-9 and s.score == max(range(5), key=lambda k: s.probs[k]) + 1

@@ -1,0 +1,111 @@
+"""The shipped tiny critic loads like the real one, renders the real prompt and answers in format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from firm_lite.prompts import MODES, build_messages, render_prompt
+from firm_lite.tiny_critic import (
+    PROVENANCE_FILE,
+    TINY_CRITIC_DIR,
+    EditExample,
+    build_tiny_critic,
+    check_tokenizer,
+    generate_answer,
+    parse_answer,
+    synthetic_pair,
+)
+
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(TINY_CRITIC_DIR)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import Qwen3VLForConditionalGeneration
+
+    return Qwen3VLForConditionalGeneration.from_pretrained(TINY_CRITIC_DIR).eval()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    source, edited, _, _ = synthetic_pair(np.random.default_rng(2024))
+    return source, edited
+
+
+def test_shipped_folder_loads_as_qwen3_vl(processor, model):
+    assert type(processor).__name__ == "Qwen3VLProcessor"
+    assert model.config.model_type == "qwen3_vl"
+    assert not model.config.tie_word_embeddings
+    tok = processor.tokenizer
+    assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    assert model.config.vision_start_token_id == tok.convert_tokens_to_ids("<|vision_start|>")
+    assert model.config.text_config.vocab_size == len(tok)
+    assert model.generation_config.do_sample is False
+    assert tok.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
+    provenance = json.loads((TINY_CRITIC_DIR / PROVENANCE_FILE).read_text("utf-8"))
+    weights = (TINY_CRITIC_DIR / "model.safetensors").read_bytes()
+    assert provenance["model_sha256"] == hashlib.sha256(weights).hexdigest()
+
+
+def test_digits_are_single_tokens_in_any_context(processor):
+    tok = processor.tokenizer
+    check_tokenizer(tok)  # raises on a merged digit or a split special token
+    for digit in "12345":
+        (digit_id,) = tok.encode(digit, add_special_tokens=False)
+        assert digit_id in tok.encode(f'"score" : [{digit}]', add_special_tokens=False)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chat_template_matches_qwen3_vl(processor, pair, mode):
+    instruction = "Make the sky purple."
+    text = processor.apply_chat_template(build_messages(mode, instruction, *pair),
+                                         tokenize=False, add_generation_prompt=True)
+    expected = (f"<|im_start|>user\n{IMAGE}{IMAGE}{render_prompt(mode, instruction)}"
+                "<|im_end|>\n<|im_start|>assistant\n")
+    assert text == expected
+
+
+def test_per_call_pixel_budget_overrides_default(processor, pair):
+    text = processor.apply_chat_template(build_messages("execution", "x", *pair),
+                                         tokenize=False, add_generation_prompt=True)
+    small = processor(text=[text], images=[list(pair)], return_tensors="pt")
+    big = processor(text=[text], images=[list(pair)], return_tensors="pt",
+                    images_kwargs={"size": {"shortest_edge": 256 * 256,
+                                            "longest_edge": 256 * 256}})
+    assert int(big["image_grid_thw"].prod(-1).sum()) > int(small["image_grid_thw"].prod(-1).sum())
+    assert big["input_ids"].shape[1] > small["input_ids"].shape[1]
+
+
+def test_greedy_answer_parses_as_firm_json(processor, model, pair):
+    example = EditExample("execution", "Add a red hat on the left.", *pair, score=0, answer="")
+    text = generate_answer(model, processor, example, max_new_tokens=256)
+    blob = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    assert set(blob) == {"reasoning", "score"}
+    assert parse_answer(text) in range(1, 6)
+
+
+@pytest.mark.slow
+def test_same_seed_builds_identical_weights(tmp_path):
+    shas = [build_tiny_critic(tmp_path / name, seed=0, steps=3, progress=False,
+                              check_pairs_per_mode=1)["provenance"]["model_sha256"]
+            for name in ("a", "b")]
+    assert shas[0] == shas[1]
+
+
+@pytest.mark.slow
+def test_full_rebuild_answers_in_format(tmp_path):
+    summary = build_tiny_critic(tmp_path / "critic", seed=0, progress=False)
+    assert summary["parse_rate"] >= 0.9
+    assert summary["total_bytes"] < 5_000_000
