@@ -1,0 +1,115 @@
+"""Ground-truth labels by construction: what was done decides the score, not a judge.
+
+The rules follow FIRM-Edit's two rubrics (``firm_lite/data/firm_edit_prompts.json``):
+
+Execution, from the *outcome* of the requested edit (:data:`EXECUTION_BY_OUTCOME`):
+``full`` 5; ``mostly`` (70% strength) 4; ``partial`` (45% strength, half the angle or zoom) and
+``half`` (the edit on half its region) 3; ``weak`` (20% strength) and ``wrong_param`` (the right
+edit on the wrong region or in the wrong colour: a vague attempt) 2; ``opposite`` (darker for
+brighter, the other axis or direction), ``wrong_family`` (a different edit), ``none`` (nothing
+done) and ``unrelated`` (an unrelated image) 1.
+
+Consistency, from the changes nobody asked for (:func:`consistency_label`): each unrequested
+local change (an extra shape, painted-over patch or recoloured patch; or the requested local edit
+landing in the wrong region; or a wrong *local* edit) counts once: 0 -> 5, 1 -> 4, 2-3 -> 3,
+4+ -> 2. A wrong *global* edit (the frame changed without licence) caps it at 2; an unrelated
+image is 1. A requested global edit done with the wrong parameter (blue for red, vertical for
+horizontal) was allowed to change the frame, so it hurts execution only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXECUTION_BY_OUTCOME: dict[str, int] = {
+    "full": 5, "mostly": 4, "partial": 3, "half": 3, "weak": 2, "wrong_param": 2,
+    "opposite": 1, "wrong_family": 1, "none": 1, "unrelated": 1}
+OUTCOMES: tuple[str, ...] = tuple(EXECUTION_BY_OUTCOME)
+MODES: tuple[str, ...] = ("execution", "consistency")
+
+
+def execution_label(outcome: str) -> int:
+    if outcome not in EXECUTION_BY_OUTCOME:
+        raise ValueError(f"unknown outcome {outcome!r}; expected one of {OUTCOMES}")
+    return EXECUTION_BY_OUTCOME[outcome]
+
+
+def consistency_label(unrequested_local: int, wrong_global: bool = False, unrelated: bool = False) -> int:
+    """FIRM's consistency scale from counted unrequested changes (see module doc)."""
+    if unrelated:
+        return 1
+    if unrequested_local < 0:
+        raise ValueError("a count of changes cannot be negative")
+    score = 5 if unrequested_local == 0 else 4 if unrequested_local == 1 else 3 if unrequested_local <= 3 else 2
+    return min(score, 2) if wrong_global else score
+
+
+def unrequested_changes(outcome: str, requested_local: bool, applied_local: bool, extras: int) -> tuple[int, bool]:
+    """(local unrequested changes, wrong global edit?) for an outcome, per the module's rules."""
+    count = extras
+    wrong_global = False
+    if outcome == "wrong_param" and requested_local:
+        count += 1
+    elif outcome == "wrong_family":
+        if applied_local:
+            count += 1
+        else:
+            wrong_global = True
+    return count, wrong_global
+
+
+def labels_for(outcome: str, requested_local: bool, applied_local: bool, extras: int) -> dict[str, int]:
+    """Both labels of one item, as stored in the manifest's ``labels`` field."""
+    if outcome == "unrelated":
+        return {"execution": 1, "consistency": 1}
+    count, wrong_global = unrequested_changes(outcome, requested_local, applied_local, extras)
+    return {"execution": execution_label(outcome), "consistency": consistency_label(count, wrong_global)}
+
+
+_QUALIFIER = {"full": "", "mostly": " (mostly)", "partial": " (partly)", "weak": " (slightly)",
+              "half": " (on half of the region)"}
+_COUNT_WORDS = ("none", "one", "two", "three", "four", "five", "six")
+
+
+def what_was_done(edit: dict[str, Any]) -> str:
+    """What the edited image shows was done, from a manifest ``edit`` record (no judgement)."""
+    from firm_lite.editset.families import FAMILIES
+
+    outcome = edit["outcome"]
+    if outcome == "unrelated":
+        return "an unrelated picture"
+    applied = edit.get("applied")
+    if outcome == "none" or not applied:
+        return "nothing"
+    return FAMILIES[applied["family"]].describe(applied["params"]) + _QUALIFIER[applied["level"]]
+
+
+def rationale(mode: str, edit: dict[str, Any]) -> str:
+    """The templated reasoning a trained critic writes: what was asked, what the images show was
+    done (execution) or how many unrequested changes there are (consistency). The score follows
+    from it by the rules above, so every image-dependent fact is a supervised token, not just the
+    final digit: that is what lets a tiny critic learn from a few thousand pairs."""
+    if mode == "execution":
+        return f"Requested: {edit['request']}. Done: {what_was_done(edit)}."
+    if mode != "consistency":
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    outcome = edit["outcome"]
+    if outcome == "unrelated":
+        return "Unrequested changes: everything (an unrelated picture)."
+    from firm_lite.editset.families import FAMILIES
+
+    applied = edit.get("applied") or {}
+    requested_local = FAMILIES[edit["family"]].changed_box(edit["params"]) is not None
+    applied_local = bool(applied) and FAMILIES[applied["family"]].changed_box(applied["params"]) is not None
+    count, wrong_global = unrequested_changes(outcome, requested_local, applied_local, len(edit.get("extras", ())))
+    if wrong_global:
+        more = f" and {_COUNT_WORDS[min(count, 6)]} more" if count else ""
+        return f"Unrequested changes: the whole image ({what_was_done(edit)}){more}."
+    return f"Unrequested changes: {_COUNT_WORDS[min(count, 6)]}."
+
+
+def label_of(extra: dict[str, Any] | None, mode: str) -> int | None:
+    """A manifest row's label for ``mode`` (from ``ManifestRow.extra``), or None if it has none."""
+    labels = (extra or {}).get("labels") or {}
+    value = labels.get(mode)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -1,0 +1,172 @@
+"""Training a critic on the edit set: examples, the training loop, the held-out evaluation.
+
+:func:`training_batches` turns the seeded train stream into batches of
+:class:`firm_lite.tiny_critic.EditExample` whose answers are the FIRM JSON with the templated
+:func:`~firm_lite.editset.labels.rationale` and the label as score. Each batch holds one mode
+only (the consistency prompt is twice as long as the execution one, so mixing them would pad
+every execution row to the longer length) and both modes of the same pairs follow each other.
+
+Most batches are rendered with :func:`short_prompt`: the mode's real prompt with its rubric
+sections left out (the preamble that names the mode, the instruction and the output format stay,
+verbatim). On two CPU cores a full consistency prompt costs ~4x a short one, and a tiny model
+finds the images much sooner among ~150 tokens than among ~1000; the full-prompt batches teach it
+to answer the same way when the rubric is there, which is all that scoring ever sends.
+
+:func:`train_critic` is the loop (AdamW, warmup + cosine, loss on answer tokens only with the
+score digit weighted up); :func:`evaluate_critic` scores a split through ``load_critic`` and
+greedy generation, i.e. exactly what ``firm-lite score`` does, and reports MAE per mode.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from firm_lite.editset.generator import EditItem, generate, iter_items
+from firm_lite.editset.labels import MODES, rationale
+from firm_lite.prompts import render_prompt, templates
+from firm_lite.tiny_critic import ANSWER_FORMAT, EditExample, example_messages
+
+
+def short_prompt(mode: str, instruction: str) -> str:
+    """The mode's prompt without the sections between the instruction and the output format."""
+    text = render_prompt(mode, instruction)
+    at = text.index("Instruction: ")
+    return text[:text.index("\n## ", at) + 1] + text[text.index("## Output Format", at):]
+
+
+def answer(mode: str, edit: dict[str, Any], score: int) -> str:
+    """The FIRM-format answer a critic trained on the edit set gives."""
+    return ANSWER_FORMAT.format(reasoning=rationale(mode, edit), score=score)
+
+
+def example_of(item: EditItem, mode: str, images: tuple[Any, Any] | None = None, short: bool = False) -> EditExample:
+    """One item as a training/eval example in ``mode`` (``images``: already decoded source/edited)."""
+    source, edited = images or (item.source_image(), item.edited_image())
+    score = item.labels[mode]
+    return EditExample(mode, item.instruction, source, edited, score, answer(mode, item.edit, score),
+                       prompt=short_prompt(mode, item.instruction) if short else None)
+
+
+def training_batches(seed: int, batch_size: int, short_rate: float) -> Iterator[list[EditExample]]:
+    """Endless single-mode batches from the train split: pairs i..i+n in execution, then the same
+    pairs in consistency. Whether a batch is short is drawn from ``random.Random(seed)``."""
+    stream = iter_items("train", seed=seed)
+    coin = random.Random(seed)
+    while True:
+        items = [next(stream) for _ in range(batch_size)]
+        images = [(i.source_image(), i.edited_image()) for i in items]
+        for mode in MODES:
+            short = coin.random() < short_rate
+            yield [example_of(i, mode, im, short) for i, im in zip(items, images, strict=True)]
+
+
+def encode_examples(processor: Any, examples: list[EditExample], *,
+                    images_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Render as scoring does, append answer + ``<|im_end|>``; labels only on those tokens."""
+    import torch
+
+    tail = [e.answer + "<|im_end|>" for e in examples]
+    texts = [processor.apply_chat_template(example_messages(e), tokenize=False, add_generation_prompt=True) + t
+             for e, t in zip(examples, tail, strict=True)]
+    # Left padding puts every answer at the end, so training needs logits for the tail only.
+    batch = processor(text=texts, images=[[e.source, e.edited] for e in examples],
+                      padding=True, padding_side="left", return_tensors="pt",
+                      images_kwargs=images_kwargs or {})
+    labels = torch.full_like(batch["input_ids"], -100)
+    for row, text in enumerate(tail):
+        ids = torch.tensor(processor.tokenizer.encode(text, add_special_tokens=False))
+        if not torch.equal(batch["input_ids"][row, -len(ids):], ids):
+            raise AssertionError("answer tokens differ in context; the label mask would be wrong")
+        labels[row, -len(ids):] = ids
+    batch["labels"] = labels
+    return dict(batch)
+
+
+def _score_positions(labels: Any, digit_ids: Any) -> Any:
+    """Mask of each row's score digit: its last label token that is one of "1".."5"."""
+    import torch
+
+    is_digit = torch.isin(labels, digit_ids)
+    last = labels.shape[1] - 1 - is_digit.flip(1).int().argmax(dim=1)
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[torch.arange(labels.shape[0]), last] = is_digit.any(dim=1)
+    return mask
+
+
+def train_critic(model: Any, processor: Any, examples: Iterable[EditExample], *, steps: int,
+                 lr: float = 3e-3, batch_size: int = 8, warmup: int = 20, score_weight: float = 1.0,
+                 progress: bool = True) -> dict[str, float]:
+    """AdamW with warmup + cosine decay on answer tokens; returns losses and wall time.
+
+    ``score_weight`` multiplies the loss on the score digit: one token of ~40, but the one the
+    critic is judged by. ``examples`` is consumed ``batch_size`` at a time (keep batches single-mode).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    digit_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list("12345")))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
+                                                 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    stream, losses, score_losses, start = iter(examples), [], [], time.perf_counter()
+    bar = tqdm(range(steps), desc="training tiny critic", disable=not progress)
+    for _ in bar:
+        batch = encode_examples(processor, [next(stream) for _ in range(batch_size)])
+        labels = batch.pop("labels")
+        keep = labels.shape[1] - int((labels != -100).int().argmax(dim=1).min()) + 1
+        logits = model(**batch, logits_to_keep=keep).logits[:, :-1].float()
+        targets = labels[:, 1 - keep:]
+        token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                       reduction="none").view_as(targets)
+        answer = targets != -100
+        is_score = _score_positions(targets, digit_ids)
+        weights = answer.float() + (score_weight - 1.0) * is_score.float()
+        loss = (token_loss * weights).sum() / weights.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        score_losses.append(float(token_loss[is_score].mean()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", score=f"{sum(score_losses[-20:]) / len(score_losses[-20:]):.3f}")
+    model.eval()
+    tail, score_tail = losses[-20:], score_losses[-20:]
+    return {"final_loss": sum(tail) / len(tail), "final_score_loss": sum(score_tail) / len(score_tail),
+            "train_seconds": time.perf_counter() - start}
+
+
+def tokenizer_texts(seed: int = 1234, pairs: int = 600) -> list[str]:
+    """What a critic trained on the edit set reads and writes (for its BPE), in a fixed order."""
+    items = generate("train", pairs, seed=seed)
+    texts = list(templates().values()) + [short_prompt(m, "x") for m in MODES]
+    texts += [i.instruction for i in items]
+    texts += [answer(m, i.edit, i.labels[m]) for i in items for m in MODES]
+    return texts
+
+
+def evaluate_critic(model: str | Path, split: str = "heldout", batch_size: int = 8, max_new_tokens: int = 256,
+                    limit: int | None = None) -> dict[str, Any]:
+    """Score a split (its first ``limit`` pairs) through the real path (``load_critic`` + greedy
+    generation + parsing); :func:`firm_lite.editset.metrics.editset_report`, records and data."""
+    from firm_lite.critic import load_critic
+    from firm_lite.editset.metrics import editset_report, read_labels
+    from firm_lite.editset.store import ensure_editset
+    from firm_lite.manifest import read_manifest
+
+    manifest = ensure_editset(split)
+    from firm_lite.editset.store import read_header
+
+    pairs = [row.pair for row in read_manifest(manifest) if row.pair is not None][:limit]
+    critic = load_critic(str(model), device="cpu", max_new_tokens=max_new_tokens)
+    records = critic.score(pairs, batch_size=batch_size)
+    header = read_header(manifest) or {}
+    data = {"train": "firm_lite.editset train stream", "eval": split, "eval_pairs": len(pairs),
+            "eval_fingerprint": header.get("fingerprint"), "generator_version": header.get("generator_version")}
+    return {"report": editset_report(records, read_labels(manifest)), "records": records, "data": data}
