@@ -23,6 +23,14 @@ from firm_lite.records import EditPair, ModeScore, build_record
 from firm_lite.sources import DEFAULT_MODEL
 
 MAX_INSTRUCTION_CHARS = 4000
+FAST_SUFFIX = "+fast"  # "<variant>+fast": that variant under the fast protocol (calibrate, bench)
+
+
+def split_protocol(variant: str, protocol: str = "full") -> tuple[str, str]:
+    """``"nf4+fast"`` -> ``("nf4", "fast")``; other names keep ``protocol``."""
+    if variant.endswith(FAST_SUFFIX):
+        return variant[: -len(FAST_SUFFIX)], "fast"
+    return variant, protocol
 
 
 @dataclass
@@ -146,16 +154,18 @@ def load_critic(model: str = DEFAULT_MODEL, variant: str = "default", device: st
     """Load (once per process for the same arguments) a critic ready to score.
 
     ``model``: hub id, local folder or ``tiny``. ``variant``: a registered name (``fp32``,
-    ``bf16``, ...), an exported variant folder, ``default`` (``dtype`` decides), or ``auto``
+    ``bf16``, ...), an exported variant folder, ``default`` (``dtype`` decides), any of these
+    with ``+fast`` (the fast protocol, same as ``protocol="fast"``), or ``auto``
     (the most accurate variant that fits the device's free memory; the reason goes to stderr and
     ``provenance["variant_choice"]``).
     """
+    variant, protocol = split_protocol(variant, protocol)
     key = (model, variant, device, dtype, min_pixels, max_pixels, max_new_tokens, weights,
            max_image_pixels, revision)
     with _CACHE_LOCK:
         if key in _CACHE:
             # same weights, processor and settings: share them; engine/protocol are per view
-            return replace(_CACHE[key], engine=engine, protocol=protocol)
+            return _view(_CACHE[key], engine, protocol)
         from firm_lite.device import dtype_name, resolve_device, resolve_dtype
         from firm_lite.sources import resolve_model
         from firm_lite.variants import LoadRequest, resolve_variant
@@ -188,7 +198,13 @@ def load_critic(model: str = DEFAULT_MODEL, variant: str = "default", device: st
                                     "variant_folder": str(folder) if folder else None,
                                     "variant_choice": choice})
         _CACHE[key] = critic
-        return replace(critic, engine=engine, protocol=protocol)
+        return _view(critic, engine, protocol)
+
+
+def _view(critic: Critic, engine: str, protocol: str) -> Critic:
+    """The shared loaded critic under an engine/protocol; a fast view is labelled as such."""
+    label = critic.variant + (FAST_SUFFIX if protocol == "fast" else "")
+    return replace(critic, engine=engine, protocol=protocol, variant=label)
 
 
 def release_critic(critic: Critic) -> None:

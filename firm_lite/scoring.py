@@ -67,7 +67,7 @@ def run_provenance(critic: Any) -> dict[str, Any]:
         "firm_lite": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
         "model": critic.provenance.get("source"), "variant": critic.variant,
         "device": str(critic.device), "image_budget": critic.budget.as_record(),
-        "decoding": critic.decoding.as_record(), "prompt_sha256": prompt_hash(),
+        "decoding": critic.decoding.as_record(), "protocol": critic.protocol, "prompt_sha256": prompt_hash(),
         "cme_weights": {"w1": critic.weights.w1, "w2": critic.weights.w2},
     }
 
@@ -78,7 +78,8 @@ def score(*, source: str | Path | None = None, edited: str | Path | None = None,
           model: str = DEFAULT_MODEL, variant: str = "default", device: str = "auto", dtype: str = "auto",
           min_pixels: int | None = None, max_pixels: int | None = None, max_new_tokens: int = 256,
           batch_size: int = 4, w1: float = 0.6, w2: float = 0.4, retry_errors: bool = False,
-          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = False) -> ScoreRun:
+          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = False,
+          protocol: str = "full") -> ScoreRun:
     """Score one pair (``source``/``edited``/``instruction``) or a ``manifest``; see module doc."""
     from firm_lite.critic import load_critic
     from firm_lite.errors import UserError
@@ -117,7 +118,7 @@ def score(*, source: str | Path | None = None, edited: str | Path | None = None,
 
     critic = load_critic(model=model, variant=variant, device=device, dtype=dtype, min_pixels=min_pixels,
                          max_pixels=max_pixels, max_new_tokens=max_new_tokens, weights=weights,
-                         max_image_pixels=max_image_pixels)
+                         max_image_pixels=max_image_pixels, protocol=protocol)
     from firm_lite.calibration.gate import calibration_warning
 
     drift_warning = calibration_warning(critic.provenance.get("variant_folder"))

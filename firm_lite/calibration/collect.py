@@ -59,16 +59,20 @@ class SideInfo:
 
 def describe_side(variant: str, settings: CriticSettings, memo: FingerprintMemo) -> SideInfo:
     """Resolve a variant name or folder the way ``load_critic`` will, without loading it."""
+    from firm_lite.critic import FAST_SUFFIX, split_protocol
     from firm_lite.device import dtype_name, resolve_device, resolve_dtype
     from firm_lite.variants import VARIANT_MANIFEST, read_variant_manifest, resolve_variant
 
-    spec, folder = resolve_variant(variant)
+    base_variant, protocol = split_protocol(variant)
+    spec, folder = resolve_variant(base_variant)
     has_manifest = folder is not None and (folder / VARIANT_MANIFEST).is_file()  # BACKEND:DIR may lack one
     exported = read_variant_manifest(folder).get("variant") if has_manifest else None
     dtype = dtype_name(resolve_dtype(settings.dtype, resolve_device(settings.device)))
     label = str(folder) if folder else (f"{spec.name}:{dtype}" if spec.name == "default" else spec.name)
+    if protocol != "full":
+        label += FAST_SUFFIX
     identity: dict[str, Any] = {"name": spec.name, "family": spec.family, "description": spec.description,
-                                "weight_bits": spec.weight_bits, "dtype": dtype}
+                                "weight_bits": spec.weight_bits, "dtype": dtype, "protocol": protocol}
     if folder:
         identity.update(folder=str(folder.resolve()), weights=weights_fingerprint(folder, memo))
     if spec.family != "reference":

@@ -60,6 +60,9 @@ def print_table(records: list[dict[str, Any]], detail: bool) -> None:
               help="Answer length cap (the reference uses 256).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Pairs per forward pass.")
+@click.option("--protocol", type=click.Choice(["full", "fast"]), default="full", show_default=True,
+              help="full: the reference protocol (reasoning, then score). fast: a DIFFERENT protocol that "
+                   "forces an empty reasoning and reads the score from one prefill; check it with calibrate.")
 @click.option("--w1", type=click.FloatRange(min=0), default=0.6, show_default=True, help="CME execution weight.")
 @click.option("--w2", type=click.FloatRange(min=0), default=0.4, show_default=True, help="CME consistency weight.")
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_IMAGE_PIXELS,
