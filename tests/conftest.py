@@ -20,6 +20,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The tiny critic is latency-bound: on a 2-core box, intra-op threads cost up to ~10x
+    (spin-waiting against the other core's work)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_critic():
     from firm_lite.critic import load_critic

@@ -20,17 +20,6 @@ INSTRUCTIONS = ("Make the sky red.", "Remove the car on the left.", "Change the 
                 "Make the cup bigger.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny critic is latency-bound: on a shared 2-core box, intra-op threads cost ~10x."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six varied synthetic edits (the kind the tiny critic was trained on), with labels."""

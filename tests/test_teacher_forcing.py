@@ -10,17 +10,6 @@ from firm_lite.scoring import demo_pair
 from firm_lite.teacher_forcing import critic_forced_readout
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny critic is latency-bound: on a shared 2-core box, intra-op threads cost ~10x."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def scored(tiny_critic):
     pair = demo_pair()
