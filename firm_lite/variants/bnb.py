@@ -38,6 +38,14 @@ def bnb_config(recipe: Any, compute_dtype: Any) -> Any:
                               bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=skip)
 
 
+def quiet_int8_cast_warning() -> None:
+    """LLM.int8 logs "inputs will be cast from bfloat16 to float16" on every forward pass: once
+    per decoded token. It is expected for bf16 compute, so the loader raises that one logger's level."""
+    import logging
+
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+
+
 def device_map(device: Any) -> dict[str, str]:
     return {"": str(device)}
 
@@ -49,6 +57,7 @@ def quantize_on_load(path: Any, recipe: Any, device: Any, dtype: Any) -> tuple[A
     from firm_lite.export.recipes import warn_if_vision
 
     require_bnb()
+    quiet_int8_cast_warning()
     warn_if_vision(recipe)
     processor = AutoProcessor.from_pretrained(path)
     model = Qwen3VLForConditionalGeneration.from_pretrained(
@@ -72,6 +81,7 @@ def load_bnb_folder(request: LoadRequest) -> tuple[Any, Any]:
 
     manifest = check_exported_folder(request.folder, "bnb") or {}
     require_bnb()
+    quiet_int8_cast_warning()
     import torch
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
