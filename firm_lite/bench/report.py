@@ -34,15 +34,15 @@ def table(results: dict[str, Any]) -> str:
         if "error" in v:
             lines.append(f"| {v['variant']} | error: {v['error']} |" + " |" * 11)
             continue
-        drift = v.get("drift") or {}
         for r in v["runs"]:
+            drift = r.get("drift", v.get("drift")) or {}
             lat = r.get("batch_latency_s", {})
             split = "/".join(_fmt(lat.get(p, {}).get("p50", 0) * 1000, ".0f") for p in ("vision", "prefill", "decode"))
             total = lat.get("total", {})
             cmp_ = r.get("vs_baseline") or r.get("agreement_with_full") or {}
             same = (f"{cmp_['pairs'] - cmp_['mismatches']}/{cmp_['pairs']}" if cmp_ else "-")
             lines.append(
-                f"| {v.get('label', v['variant'])} | {r['protocol']} | {r['batch_size']} | {r['pairs_per_s']:.3f} | "
+                f"| {_short(v)} | {r['protocol']} | {r['batch_size']} | {r['pairs_per_s']:.3f} | "
                 f"{_fmt(r.get('ratio_pairs_per_s'), '.1f')} | {_fmt(r.get('decode_tokens_per_s'), '.0f')} | "
                 f"{_fmt(total.get('p50', 0) * 1000, '.0f')} ({split}) | {_fmt(total.get('p95', 0) * 1000, '.0f')} | "
                 f"{same} | {v['load_s']:.1f} | {v['peak_memory_bytes'] / 2**20:.0f} | "
@@ -50,31 +50,37 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(v: dict[str, Any]) -> str:
+    return Path(str(v.get("label", v["variant"]))).name
+
+
 def pareto_plot(results: dict[str, Any], path: Path) -> None:
-    """Drift (flip rate, 0 when unknown/reference) vs pairs/s; marker area ~ peak memory."""
+    """Drift (flip rate from calibration; 0 for the reference) vs pairs/s. One colour per
+    variant, marker per protocol (o full, ^ fast), marker area ~ peak memory."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    mem = [v["peak_memory_bytes"] for v in results["variants"] if "error" not in v] or [1]
-    scale = 600 / max(mem)
-    for v in results["variants"]:
-        if "error" in v:
-            continue
-        drift = (v.get("drift") or {}).get("flip_rate") or 0.0
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ok = [v for v in results["variants"] if "error" not in v]
+    scale = 400 / max([v["peak_memory_bytes"] for v in ok] or [1])
+    colours = plt.get_cmap("tab10")
+    for i, v in enumerate(ok):
         for r in v["runs"]:
-            label = f"{v.get('label', v['variant'])} {r['protocol']} b{r['batch_size']}"
-            ax.scatter(r["pairs_per_s"], drift, s=max(20, v["peak_memory_bytes"] * scale), alpha=0.6)
-            ax.annotate(label, (r["pairs_per_s"], drift), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            drift = (r.get("drift", v.get("drift")) or {}).get("flip_rate") or 0.0
+            ax.scatter(r["pairs_per_s"], drift, s=max(20, v["peak_memory_bytes"] * scale), alpha=0.6,
+                       color=colours(i % 10), marker="o" if r["protocol"] == "full" else "^",
+                       label=_short(v) if r is v["runs"][0] else None)
+            ax.annotate(f"b{r['batch_size']}", (r["pairs_per_s"], drift), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
     if results.get("baseline"):
-        ax.axvline(results["baseline"]["pairs_per_s"], color="grey", ls="--", lw=1)
-        ax.annotate("baseline", (results["baseline"]["pairs_per_s"], 0), fontsize=7, rotation=90)
+        ax.axvline(results["baseline"]["pairs_per_s"], color="grey", ls="--", lw=1, label="baseline")
     ax.set_xscale("log")
-    ax.set_xlabel("pairs/s (log)")
+    ax.set_xlabel("pairs/s (log); o = full protocol, ^ = fast protocol, bN = batch size")
     ax.set_ylabel("flip rate vs reference (calibration)")
     ax.set_title("firm-lite: drift vs speed (marker area ~ peak memory)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -114,6 +114,9 @@ def bench(*, variants: list[str] | tuple[str, ...] = ("default",), manifest: str
                     run["agreement_with_full"] = _compare(run["scores"], baseline["scores"])
             run.pop("scores", None)
         res["drift"] = _drift(cal, res.get("label", variant), variant)
+        for run in res.get("runs", []):
+            if run["protocol"] == "fast":  # the fast protocol's own drift, if calibrate measured "<variant>+fast"
+                run["drift"] = _drift(cal, res.get("label", variant) + "+fast", variant + "+fast")
         results["variants"].append(res)
         if progress and "error" in res:
             print(f"[bench] {variant}: {res['error']}", file=sys.stderr)
