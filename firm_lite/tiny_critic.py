@@ -218,16 +218,6 @@ def example_messages(example: EditExample) -> list[dict[str, Any]]:
     return messages
 
 
-def parse_answer(text: str) -> int | None:
-    """The score in a FIRM answer (first ``{`` .. last ``}`` as JSON), or None if unparseable."""
-    try:
-        score = json.loads(text[text.index("{"):text.rindex("}") + 1])["score"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    score = score[0] if isinstance(score, list) and len(score) == 1 else score
-    return score if isinstance(score, int) and 1 <= score <= 5 else None
-
-
 def generate_answer(model: Any, processor: Any, example: EditExample,
                     max_new_tokens: int = 256) -> str:
     """Greedy answer for one pair, special tokens stripped."""

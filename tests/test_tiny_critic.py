@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from firm_lite.parsing import parse_answer
 from firm_lite.prompts import MODES, build_messages, render_prompt
 from firm_lite.tiny_critic import (
     PROVENANCE_FILE,
@@ -16,7 +17,6 @@ from firm_lite.tiny_critic import (
     build_tiny_critic,
     check_tokenizer,
     generate_answer,
-    parse_answer,
     synthetic_pair,
 )
 
@@ -93,7 +93,8 @@ def test_greedy_answer_parses_as_firm_json(processor, model, pair):
     text = generate_answer(model, processor, example, max_new_tokens=256)
     blob = json.loads(text[text.index("{"):text.rindex("}") + 1])
     assert set(blob) == {"reasoning", "score"}
-    assert parse_answer(text) in range(1, 6)
+    parsed = parse_answer(text)
+    assert parsed.parse_ok and parsed.score in range(1, 6)
 
 
 @pytest.mark.slow
