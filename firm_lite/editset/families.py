@@ -48,6 +48,11 @@ def _other(rng: np.random.Generator, seq: Any, current: Any) -> Any:
     return pick(rng, [s for s in seq if s != current])
 
 
+def a_or_an(word: str) -> str:
+    """The indefinite article for ``word`` followed by the word ("an orange", "a red")."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def _words(rng: np.random.Generator, templates: tuple[str, ...], **fields: str) -> str:
     text = pick(rng, templates).format(**fields)
     return text if rng.uniform() < 0.7 else text.rstrip(".")
@@ -126,12 +131,12 @@ class Tint(EditFamily):
         return {"colour": pick(rng, COLOURS)}
 
     def instruction(self, rng: np.random.Generator, p: dict[str, Any]) -> str:
-        return _words(rng, ("Give the whole photo a {c} tint.", "Add a {c} colour cast to the image.",
-                            "tint the picture {c}.", "Apply a {c} filter over the entire image.",
-                            "Make everything in the photo look {c}."), c=p["colour"])
+        return _words(rng, ("Give the whole photo {ac} tint.", "Add {ac} colour cast to the image.",
+                            "tint the picture {c}.", "Apply {ac} filter over the entire image.",
+                            "Make everything in the photo look {c}."), c=p["colour"], ac=a_or_an(p["colour"]))
 
     def describe(self, p: dict[str, Any]) -> str:
-        return f"give the image a {p['colour']} tint"
+        return f"give the image {a_or_an(p['colour'])} tint"
 
     def apply(self, img: np.ndarray, p: dict[str, Any], level: str = "full") -> np.ndarray:
         colour = np.array(COLOURS[p["colour"]], dtype=np.float32) / 255.0
@@ -363,12 +368,12 @@ class AddShape(EditFamily):
         return {"shape": pick(rng, SHAPES), "colour": pick(rng, SHAPE_COLOURS), "region": pick(rng, REGIONS)}
 
     def instruction(self, rng: np.random.Generator, p: dict[str, Any]) -> str:
-        return _words(rng, ("Add a {c} {s} in the {r}.", "Draw a {c} {s} at the {r} of the image.",
-                            "put a {c} {s} in the {r} of the photo.", "Place a large {c} {s} in the {r}."),
-                      c=p["colour"], s=p["shape"], r=pick(rng, REGION_WORDS[p["region"]]))
+        return _words(rng, ("Add {ac} {s} in the {r}.", "Draw {ac} {s} at the {r} of the image.",
+                            "put {ac} {s} in the {r} of the photo.", "Place a large {c} {s} in the {r}."),
+                      c=p["colour"], ac=a_or_an(p["colour"]), s=p["shape"], r=pick(rng, REGION_WORDS[p["region"]]))
 
     def describe(self, p: dict[str, Any]) -> str:
-        return f"add a {p['colour']} {p['shape']} in the {REGION_WORDS[p['region']][0]}"
+        return f"add {a_or_an(p['colour'])} {p['shape']} in the {REGION_WORDS[p['region']][0]}"
 
     def centre(self, p: dict[str, Any]) -> tuple[float, float]:
         y0, x0, y1, x1 = REGIONS[p["region"]]

@@ -26,7 +26,7 @@ from firm_lite.editset.labels import labels_for
 from firm_lite.editset.photos import PHOTOS, SPLITS, photos_for, random_crop, render_crop
 from firm_lite.editset.photos import SHAPES as IMAGE_SHAPES
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 JPEG_QUALITY = 90
 SPLIT_CODES: dict[str, int] = {"train": 0, "heldout": 1}
 OUTCOME_WEIGHTS: dict[str, float] = {
@@ -114,11 +114,11 @@ def _add_extras(rng: np.random.Generator, img: np.ndarray, count: int, avoid: li
         kind = pick(rng, kinds)
         for _attempt in range(100):
             if kind == "shape":
-                radius = float(rng.uniform(0.07, 0.09))
+                radius = float(rng.uniform(0.08, 0.10))
                 center = (float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.9)))
                 box = _fraction_box(center, radius + 0.01, img.shape)
             else:
-                side = float(rng.uniform(0.16, 0.22))
+                side = float(rng.uniform(0.18, 0.24))
                 y0, x0 = float(rng.uniform(0.02, 0.98 - side)), float(rng.uniform(0.02, 0.98 - side))
                 box = (y0, x0, y0 + side, x0 + side)
             if any(px.overlaps(box, t, margin=0.02) for t in taken):

@@ -15,10 +15,10 @@ Box = tuple[float, float, float, float]
 
 
 def pixel_box(box: Box, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """A fractional box as integer ``(y0, x0, y1, x1)`` pixel bounds (never empty)."""
+    """A fractional box as integer ``(y0, x0, y1, x1)`` pixel bounds, clipped to the image (never empty)."""
     h, w = shape[:2]
-    y0, x0 = int(round(box[0] * h)), int(round(box[1] * w))
-    y1, x1 = max(y0 + 1, int(round(box[2] * h))), max(x0 + 1, int(round(box[3] * w)))
+    y0, x0 = min(max(int(round(box[0] * h)), 0), h - 1), min(max(int(round(box[1] * w)), 0), w - 1)
+    y1, x1 = min(max(y0 + 1, int(round(box[2] * h))), h), min(max(x0 + 1, int(round(box[3] * w))), w)
     return y0, x0, y1, x1
 
 
