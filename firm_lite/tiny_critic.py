@@ -236,18 +236,26 @@ def _sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """How the critic is trained on the edit set; recorded in the provenance file."""
+    """How the critic is trained on the edit set; recorded in the provenance file.
 
-    steps: int = 900
-    lr: float = 3e-3
+    Two phases: ``describe_steps`` of the warm-up task (write what the images show was done,
+    with no instruction to copy from; see ``editset.training.describe_batches``), then ``steps``
+    of FIRM answers, ``short_rate`` of them on the rubric-less prompt (cheaper, same answer).
+    """
+
+    describe_steps: int = 2000
+    describe_batch_size: int = 16
+    steps: int = 1500
     batch_size: int = 8
-    short_rate: float = 0.8  # share of batches with the rubric-less prompt (editset.training)
+    short_rate: float = 0.75
+    lr: float = 3e-3
     score_weight: float = 3.0
+    threads: int = 1  # torch threads while training: part of the recipe, float sums depend on it
 
 
 def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | None = None,
                       steps: int | None = None, progress: bool = True,
-                      check_pairs_per_mode: int | None = None) -> dict[str, Any]:
+                      check_pairs_per_mode: int | None = None, dims: TinyCriticDims | None = None) -> dict[str, Any]:
     """Build, train, save and evaluate the tiny critic in ``out_dir``; return a summary.
 
     The check scores the held-out edit set (its first ``check_pairs_per_mode`` pairs, default
@@ -260,17 +268,25 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
     import transformers
     from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
-    from firm_lite.editset.training import evaluate_critic, tokenizer_texts, train_critic, training_batches
+    from firm_lite.editset.training import (
+        describe_batches,
+        evaluate_critic,
+        tokenizer_texts,
+        train_critic,
+        training_batches,
+    )
 
     recipe = recipe or TrainingRecipe()
-    if steps is not None:
-        recipe = TrainingRecipe(**{**asdict(recipe), "steps": steps})
+    if steps is not None:  # a quick build (tests): the same split between the two phases
+        total = recipe.describe_steps + recipe.steps
+        recipe = TrainingRecipe(**{**asdict(recipe), "describe_steps": steps * recipe.describe_steps // total,
+                                   "steps": steps - steps * recipe.describe_steps // total})
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / PROVENANCE_FILE).exists():
         raise FileExistsError(f"{out_dir} is not empty and holds no {PROVENANCE_FILE}; "
                               "pass an empty or previously built folder as --out")
-    dims, threads = TinyCriticDims(), torch.get_num_threads()
-    torch.set_num_threads(2)
+    dims, threads = dims or TinyCriticDims(), torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
     try:
         torch.manual_seed(seed)
         tokenizer = build_tokenizer(tokenizer_texts() + _GENERIC_TEXTS, dims.bpe_vocab_size)
@@ -280,10 +296,19 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
         model.generation_config = GenerationConfig(
             do_sample=False, eos_token_id=[eos, pad], pad_token_id=pad, bos_token_id=pad,
             max_new_tokens=256)
-        batches = training_batches(seed, recipe.batch_size, recipe.short_rate)
+        warmup = {"train_seconds": 0.0}
+        if recipe.describe_steps:
+            described = describe_batches(seed, recipe.describe_batch_size)
+            warmup = train_critic(model, processor, itertools.chain.from_iterable(described),
+                                  steps=recipe.describe_steps, lr=recipe.lr, batch_size=recipe.describe_batch_size,
+                                  progress=progress)
+        # The FIRM phase draws later groups of the same seeded stream: new pairs, not a second epoch.
+        first_group = recipe.describe_steps * recipe.describe_batch_size // 2
+        batches = training_batches(seed, recipe.batch_size, recipe.short_rate, first_group=first_group)
         training = train_critic(model, processor, itertools.chain.from_iterable(batches), steps=recipe.steps,
                                 lr=recipe.lr, batch_size=recipe.batch_size, score_weight=recipe.score_weight,
                                 progress=progress)
+        training["train_seconds"] += warmup["train_seconds"]
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
@@ -332,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Rebuild the offline tiny critic on the labelled edit set.")
     parser.add_argument("--out", type=Path, default=TINY_CRITIC_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help=f"default {TrainingRecipe().steps}")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="total optimizer steps, split between the two phases as the default recipe "
+                             f"({TrainingRecipe().describe_steps} + {TrainingRecipe().steps})")
     parser.add_argument("--check-pairs", type=int, default=None,
                         help="held-out pairs to score after training (default: all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -14,7 +14,7 @@ pytest.importorskip("skimage")
 
 from firm_lite.editset import families as fam  # noqa: E402
 from firm_lite.editset.generator import decode_jpeg, encode_jpeg, generate, iter_items, make_group  # noqa: E402
-from firm_lite.editset.labels import consistency_label, execution_label, labels_for, rationale  # noqa: E402
+from firm_lite.editset.labels import consistency_label, description, execution_label, labels_for, rationale  # noqa: E402
 from firm_lite.editset.metrics import editset_report, mae_by_mode, read_labels  # noqa: E402
 from firm_lite.editset.photos import SHAPES, photos_for, random_crop, render_crop  # noqa: E402
 from firm_lite.editset.store import REPO_CALIBRATION_DIR, SplitSpec, ensure_editset, read_header, write_split  # noqa: E402
@@ -110,19 +110,33 @@ def test_noop_item_has_identical_bytes_and_labels_1_5() -> None:
     assert item.labels == {"execution": 1, "consistency": 5}
 
 
-def test_rationale_says_what_was_done_and_counts_unrequested_changes() -> None:
+def test_rationale_names_the_kind_asked_and_seen_and_counts_unrequested_changes() -> None:
     noop = {"family": "tint", "params": {"colour": "red"}, "outcome": "none", "request": "give the image a red tint",
             "applied": None, "extras": []}
-    assert rationale("execution", noop) == "Requested: give the image a red tint. Done: nothing."
+    assert rationale("execution", noop) == "Requested: tint. Seen: nothing."
+    assert description(noop) == "Seen: nothing."
     assert rationale("consistency", noop) == "Unrequested changes: none."
     wrong_region = {"family": "blur", "params": {"region": "center"}, "outcome": "wrong_param",
                     "request": "blur the center", "extras": [{"kind": "shape"}],
                     "applied": {"family": "blur", "params": {"region": "top-left"}, "level": "full"}}
-    assert rationale("execution", wrong_region).endswith("Done: blur the top-left corner.")
+    assert rationale("execution", wrong_region) == "Requested: blur. Seen: blur."
     assert rationale("consistency", wrong_region) == "Unrequested changes: two."
     wrong_global = {**noop, "outcome": "wrong_family", "applied": {"family": "invert", "params": {}, "level": "full"}}
     assert rationale("consistency", wrong_global) == (
-        "Unrequested changes: the whole image (invert the colours of the image).")
+        "Unrequested changes: the whole image (inversion).")
+    assert rationale("execution", wrong_global) == "Requested: tint. Seen: inversion."
+    unrelated = {**noop, "outcome": "unrelated", "applied": None}
+    assert rationale("execution", unrelated) == "Requested: tint. Seen: unrelated picture."
+    assert rationale("consistency", unrelated) == "Unrequested changes: everything (an unrelated picture)."
+
+
+def test_instructions_use_the_right_article() -> None:
+    assert fam.a_or_an("orange") == "an orange" and fam.a_or_an("red") == "a red"
+    tint, shape = fam.FAMILIES["tint"], fam.FAMILIES["add_shape"]
+    assert tint.describe({"colour": "orange"}) == "give the image an orange tint"
+    assert shape.describe({"colour": "orange", "shape": "circle", "region": "center"}).startswith("add an orange circle")
+    words = " ".join(i.instruction for i in generate("train", 200, seed=0)).lower()
+    assert " a orange" not in words and " a yellow" in words
 
 
 def test_unrelated_item_shows_another_photo() -> None:
@@ -239,5 +253,6 @@ def test_retraining_command_builds_a_loadable_critic(tmp_path: Path) -> None:
     out = tmp_path / "critic"
     assert main(["--out", str(out), "--steps", "4", "--check-pairs", "4", "--quiet"]) == 0
     provenance = json.loads((out / PROVENANCE_FILE).read_text("utf-8"))
-    assert provenance["recipe"]["steps"] == 4 and provenance["heldout"]["execution"]["n"] == 4
+    recipe = provenance["recipe"]
+    assert recipe["describe_steps"] + recipe["steps"] == 4 and provenance["heldout"]["execution"]["n"] == 4
     assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == provenance["model_sha256"]

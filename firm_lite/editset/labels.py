@@ -69,6 +69,22 @@ def labels_for(outcome: str, requested_local: bool, applied_local: bool, extras:
 _QUALIFIER = {"full": "", "mostly": " (mostly)", "partial": " (partly)", "weak": " (slightly)",
               "half": " (on half of the region)"}
 _COUNT_WORDS = ("none", "one", "two", "three", "four", "five", "six")
+# One word (or two) per kind of edit: what a tiny critic can tell from the pixels, and what its
+# execution reasoning compares (the kind asked for vs the kind it sees).
+KIND_WORDS: dict[str, str] = {
+    "greyscale": "greyscale", "tint": "tint", "brightness": "brightness", "flip": "flip", "rotate": "rotation",
+    "blur": "blur", "pixelate": "pixelation", "remove": "removal", "invert": "inversion", "zoom": "zoom",
+    "add_shape": "new shape"}
+
+
+def kind_seen(edit: dict[str, Any]) -> str:
+    """The kind of edit the edited image shows (:data:`KIND_WORDS`, "nothing" or "unrelated picture")."""
+    if edit["outcome"] == "unrelated":
+        return "unrelated picture"
+    applied = edit.get("applied")
+    if edit["outcome"] == "none" or not applied:
+        return "nothing"
+    return KIND_WORDS[applied["family"]]
 
 
 def what_was_done(edit: dict[str, Any]) -> str:
@@ -85,12 +101,14 @@ def what_was_done(edit: dict[str, Any]) -> str:
 
 
 def rationale(mode: str, edit: dict[str, Any]) -> str:
-    """The templated reasoning a trained critic writes: what was asked, what the images show was
-    done (execution) or how many unrequested changes there are (consistency). The score follows
-    from it by the rules above, so every image-dependent fact is a supervised token, not just the
-    final digit: that is what lets a tiny critic learn from a few thousand pairs."""
+    """The templated reasoning a trained critic writes: the kind of edit asked for and the kind
+    the images show (execution), or how many unrequested changes there are (consistency). The
+    score follows from it by the rules above, so the image-dependent fact is a supervised token,
+    not just the final digit: that is what lets a tiny critic learn from a few thousand pairs.
+    The kind is deliberately coarse (no colour, region or strength): a half-million-parameter
+    critic can learn to tell a tint from a blur, not a red tint from an orange one."""
     if mode == "execution":
-        return f"Requested: {edit['request']}. Done: {what_was_done(edit)}."
+        return f"Requested: {KIND_WORDS[edit['family']]}. Seen: {kind_seen(edit)}."
     if mode != "consistency":
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     outcome = edit["outcome"]
@@ -104,8 +122,15 @@ def rationale(mode: str, edit: dict[str, Any]) -> str:
     count, wrong_global = unrequested_changes(outcome, requested_local, applied_local, len(edit.get("extras", ())))
     if wrong_global:
         more = f" and {_COUNT_WORDS[min(count, 6)]} more" if count else ""
-        return f"Unrequested changes: the whole image ({what_was_done(edit)}){more}."
+        return f"Unrequested changes: the whole image ({kind_seen(edit)}){more}."
     return f"Unrequested changes: {_COUNT_WORDS[min(count, 6)]}."
+
+
+def description(edit: dict[str, Any]) -> str:
+    """The visual fact alone (no request): the kind of edit the images show. A critic in
+    training first learns to write this for an image pair (see
+    :func:`firm_lite.editset.training.describe_batches`)."""
+    return f"Seen: {kind_seen(edit)}."
 
 
 def label_of(extra: dict[str, Any] | None, mode: str) -> int | None:

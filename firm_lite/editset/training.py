@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from firm_lite.editset.generator import EditItem, generate, iter_items
-from firm_lite.editset.labels import MODES, rationale
+from firm_lite.editset.labels import MODES, description, rationale
 from firm_lite.prompts import render_prompt, templates
 from firm_lite.tiny_critic import ANSWER_FORMAT, EditExample, example_messages
+
+DESCRIBE_PROMPT = "Describe the edit."
 
 
 def short_prompt(mode: str, instruction: str) -> str:
@@ -52,10 +54,23 @@ def example_of(item: EditItem, mode: str, images: tuple[Any, Any] | None = None,
                        prompt=short_prompt(mode, item.instruction) if short else None)
 
 
-def training_batches(seed: int, batch_size: int, short_rate: float) -> Iterator[list[EditExample]]:
+def describe_batches(seed: int, batch_size: int, first_group: int = 0) -> Iterator[list[EditExample]]:
+    """Endless batches of the warm-up task: both images and :data:`DESCRIBE_PROMPT` in, the
+    visual facts (:func:`~firm_lite.editset.labels.description`) out. With no instruction to copy
+    from, the only way to lower this loss is to compare the images, which is what a tiny critic
+    otherwise learns last: the request text predicts most of a FIRM answer."""
+    stream = iter_items("train", seed=seed, first_group=first_group)
+    while True:
+        items = [next(stream) for _ in range(batch_size)]
+        yield [EditExample("execution", i.instruction, i.source_image(), i.edited_image(), 0, description(i.edit),
+                           prompt=DESCRIBE_PROMPT) for i in items]
+
+
+def training_batches(seed: int, batch_size: int, short_rate: float,
+                     first_group: int = 0) -> Iterator[list[EditExample]]:
     """Endless single-mode batches from the train split: pairs i..i+n in execution, then the same
     pairs in consistency. Whether a batch is short is drawn from ``random.Random(seed)``."""
-    stream = iter_items("train", seed=seed)
+    stream = iter_items("train", seed=seed, first_group=first_group)
     coin = random.Random(seed)
     while True:
         items = [next(stream) for _ in range(batch_size)]
@@ -134,11 +149,14 @@ def train_critic(model: Any, processor: Any, examples: Iterable[EditExample], *,
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        score_losses.append(float(token_loss[is_score].mean()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", score=f"{sum(score_losses[-20:]) / len(score_losses[-20:]):.3f}")
+        if bool(is_score.any()):  # the describe warm-up writes no score
+            score_losses.append(float(token_loss.detach()[is_score].mean()))
+        score_tail = score_losses[-20:]
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", score=f"{sum(score_tail) / max(1, len(score_tail)):.3f}")
     model.eval()
     tail, score_tail = losses[-20:], score_losses[-20:]
-    return {"final_loss": sum(tail) / len(tail), "final_score_loss": sum(score_tail) / len(score_tail),
+    return {"final_loss": sum(tail) / len(tail),
+            "final_score_loss": sum(score_tail) / len(score_tail) if score_tail else None,
             "train_seconds": time.perf_counter() - start}
 
 
@@ -148,7 +166,7 @@ def tokenizer_texts(seed: int = 1234, pairs: int = 600) -> list[str]:
     texts = list(templates().values()) + [short_prompt(m, "x") for m in MODES]
     texts += [i.instruction for i in items]
     texts += [answer(m, i.edit, i.labels[m]) for i in items for m in MODES]
-    return texts
+    return texts + [DESCRIBE_PROMPT] + [description(i.edit) for i in items]
 
 
 def evaluate_critic(model: str | Path, split: str = "heldout", batch_size: int = 8, max_new_tokens: int = 256,
