@@ -219,6 +219,26 @@ def test_report_mae_parse_rate_and_worst_items() -> None:
 
 # ---- training data and the retraining command --------------------------------------------------
 
+def test_kind_accuracy_separates_reading_seeing_and_acting() -> None:
+    from firm_lite.editset.metrics import kind_accuracy
+
+    tint = {"family": "tint", "outcome": "full", "applied": {"family": "tint"}}
+    noop = {"family": "blur", "outcome": "none", "applied": None}
+    labels = {"a": {"edit": tint}, "b": {"edit": noop}, "c": {"edit": tint}, "d": {"edit": tint}}
+
+    def rec(i: str, raw: str, score: int | None) -> dict:
+        return {"id": i, "error": None, "execution": {"raw": raw, "score": score}}
+
+    records = [rec("a", '{"reasoning" : "Requested: tint. Seen: tint.", "score" : [5]}', 5),
+               rec("b", '{"reasoning" : "Requested: blur. Seen: nothing.", "score" : [5]}', 5),
+               rec("c", '{"reasoning" : "Requested: flip. Seen: blur.", "score" : [1]}', 1),
+               rec("d", "no reasoning at all", None), rec("unlabelled", "x", 3)]
+    out = kind_accuracy(records, labels)
+    assert out["n"] == 4
+    assert out["requested"] == 0.5 and out["seen"] == 0.5 and out["score_follows"] == 0.5
+    assert out["confusions"] == {"tint -> tint": 1, "nothing -> nothing": 1, "tint -> blur": 1, "tint -> None": 1}
+
+
 def test_short_prompt_keeps_preamble_instruction_and_output_format() -> None:
     from firm_lite.editset.training import short_prompt
     from firm_lite.prompts import render_prompt
@@ -255,4 +275,5 @@ def test_retraining_command_builds_a_loadable_critic(tmp_path: Path) -> None:
     provenance = json.loads((out / PROVENANCE_FILE).read_text("utf-8"))
     recipe = provenance["recipe"]
     assert recipe["describe_steps"] + recipe["steps"] == 4 and provenance["heldout"]["execution"]["n"] == 4
+    assert provenance["heldout_kinds"]["n"] == 4 and provenance["builder_version"] == "3"
     assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == provenance["model_sha256"]

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 LOGIT_TOLERANCE = 1e-4
+VISION_RELATIVE_TOLERANCE = 1e-5
 HELDOUT = Path(__file__).resolve().parents[1] / "calibration" / "editset-heldout.jsonl"
 
 
@@ -103,9 +104,13 @@ def test_vision_graph_takes_several_image_sizes_in_one_call(torch_model, graphs)
     feed = vision_inputs(inputs["image_grid_thw"].numpy(), graphs.layout)
     feed["pixel_values"] = inputs["pixel_values"].numpy()
     feats, deep = graphs.sessions["vision"].run(None, {k: feed[k] for k in VISION_INPUTS})
-    worst = max(np.abs(feats - ref.pooler_output.numpy()).max(),
-                max(np.abs(d - r.numpy()).max() for d, r in zip(deep, ref.deepstack_features, strict=True)))
-    assert worst <= LOGIT_TOLERANCE, f"4 images in one vision call differ from PyTorch by {worst:.2e}"
+    # Vision features are not logits: the trained tiny tower's reach |x| ~ 400, where float32
+    # rounding alone is ~4e-5, so they are compared relative to their own scale.
+    pairs = [(feats, ref.pooler_output.numpy())] + [(d, r.numpy()) for d, r in zip(deep, ref.deepstack_features,
+                                                                                strict=True)]
+    worst = max(float(np.abs(ours - theirs).max() / max(1.0, np.abs(theirs).max())) for ours, theirs in pairs)
+    assert worst <= VISION_RELATIVE_TOLERANCE, (
+        f"4 images in one vision call differ from PyTorch by {worst:.2e} of the features' scale")
 
 
 def _scores(records):

@@ -10,6 +10,7 @@ MAE and spread, since a critic whose expected scores barely move carries no sign
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -91,6 +92,41 @@ def editset_report(records: Iterable[Mapping[str, Any]], labels: Mapping[str, Ma
     """:func:`mode_report` for every mode."""
     records = list(records)
     return {mode: mode_report(records, labels, mode) for mode in modes}
+
+
+_KIND_RE = re.compile(r"Requested: ([a-z ]+)\. Seen: ([a-z ]+)\.")
+
+
+def kind_accuracy(records: Iterable[Mapping[str, Any]], labels: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """How often an edit-set critic's execution reasoning names the right kinds of edit.
+
+    ``requested``: the kind it read from the instruction; ``seen``: the kind it read from the
+    images (:func:`firm_lite.editset.labels.rationale`); ``score_follows``: how often its score is
+    5 when the two agree and 1 when they do not (the rule its training answers follow, modulo
+    strength). ``confusions``: (true seen kind, answered) -> count, answered ``None`` when the
+    reasoning is not in that form. Separates "cannot read the instruction" from "cannot see the
+    edit" from "does not act on what it saw", which MAE alone mixes up.
+    """
+    from firm_lite.editset.labels import KIND_WORDS, kind_seen
+
+    n = requested = seen = follows = 0
+    confusions: dict[tuple[str, str | None], int] = defaultdict(int)
+    for record in records:
+        truth = labels.get(str(record.get("id")))
+        answer = record.get("execution") or {}
+        if truth is None or not truth.get("edit") or record.get("error"):
+            continue
+        match = _KIND_RE.search(answer.get("raw") or "")
+        asked, saw = (match.group(1), match.group(2)) if match else (None, None)
+        true_seen = kind_seen(truth["edit"])
+        n += 1
+        requested += asked == KIND_WORDS[truth["edit"]["family"]]
+        seen += saw == true_seen
+        follows += match is not None and answer.get("score") == (5 if asked == saw else 1)
+        confusions[(true_seen, saw)] += 1
+    return {"n": n, "requested": requested / n if n else None, "seen": seen / n if n else None,
+            "score_follows": follows / n if n else None,
+            "confusions": {f"{t} -> {a}": c for (t, a), c in sorted(confusions.items(), key=lambda kv: -kv[1])}}
 
 
 def mae_by_mode(records: Iterable[Mapping[str, Any]],

@@ -172,9 +172,10 @@ def tokenizer_texts(seed: int = 1234, pairs: int = 600) -> list[str]:
 def evaluate_critic(model: str | Path, split: str = "heldout", batch_size: int = 8, max_new_tokens: int = 256,
                     limit: int | None = None) -> dict[str, Any]:
     """Score a split (its first ``limit`` pairs) through the real path (``load_critic`` + greedy
-    generation + parsing); :func:`firm_lite.editset.metrics.editset_report`, records and data."""
+    generation + parsing); :func:`firm_lite.editset.metrics.editset_report`, ``kind_accuracy``,
+    records and data."""
     from firm_lite.critic import load_critic
-    from firm_lite.editset.metrics import editset_report, read_labels
+    from firm_lite.editset.metrics import editset_report, kind_accuracy, read_labels
     from firm_lite.editset.store import ensure_editset
     from firm_lite.manifest import read_manifest
 
@@ -187,4 +188,6 @@ def evaluate_critic(model: str | Path, split: str = "heldout", batch_size: int =
     header = read_header(manifest) or {}
     data = {"train": "firm_lite.editset train stream", "eval": split, "eval_pairs": len(pairs),
             "eval_fingerprint": header.get("fingerprint"), "generator_version": header.get("generator_version")}
-    return {"report": editset_report(records, read_labels(manifest)), "records": records, "data": data}
+    labels = read_labels(manifest)
+    return {"report": editset_report(records, labels), "kinds": kind_accuracy(records, labels), "records": records,
+            "data": data}
