@@ -134,7 +134,8 @@ def test_instructions_use_the_right_article() -> None:
     assert fam.a_or_an("orange") == "an orange" and fam.a_or_an("red") == "a red"
     tint, shape = fam.FAMILIES["tint"], fam.FAMILIES["add_shape"]
     assert tint.describe({"colour": "orange"}) == "give the image an orange tint"
-    assert shape.describe({"colour": "orange", "shape": "circle", "region": "center"}).startswith("add an orange circle")
+    circle = {"colour": "orange", "shape": "circle", "region": "center"}
+    assert shape.describe(circle).startswith("add an orange circle")
     words = " ".join(i.instruction for i in generate("train", 200, seed=0)).lower()
     assert " a orange" not in words and " a yellow" in words
 
