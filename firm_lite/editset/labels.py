@@ -66,8 +66,6 @@ def labels_for(outcome: str, requested_local: bool, applied_local: bool, extras:
     return {"execution": execution_label(outcome), "consistency": consistency_label(count, wrong_global)}
 
 
-_QUALIFIER = {"full": "", "mostly": " (mostly)", "partial": " (partly)", "weak": " (slightly)",
-              "half": " (on half of the region)"}
 _COUNT_WORDS = ("none", "one", "two", "three", "four", "five", "six")
 # One word (or two) per kind of edit: what a tiny critic can tell from the pixels, and what its
 # execution reasoning compares (the kind asked for vs the kind it sees).
@@ -85,19 +83,6 @@ def kind_seen(edit: dict[str, Any]) -> str:
     if edit["outcome"] == "none" or not applied:
         return "nothing"
     return KIND_WORDS[applied["family"]]
-
-
-def what_was_done(edit: dict[str, Any]) -> str:
-    """What the edited image shows was done, from a manifest ``edit`` record (no judgement)."""
-    from firm_lite.editset.families import FAMILIES
-
-    outcome = edit["outcome"]
-    if outcome == "unrelated":
-        return "an unrelated picture"
-    applied = edit.get("applied")
-    if outcome == "none" or not applied:
-        return "nothing"
-    return FAMILIES[applied["family"]].describe(applied["params"]) + _QUALIFIER[applied["level"]]
 
 
 def rationale(mode: str, edit: dict[str, Any]) -> str:
