@@ -10,7 +10,7 @@ token) carrying Qwen's added tokens, a ``Qwen3VLProcessor`` with a small pixel b
 chat template). The critic learns to write what was asked and what the images show was done
 (templated reasoning), then the label as score, so its scores follow the images: its MAE on the
 held-out split is recorded in the provenance file. The result ships at :data:`TINY_CRITIC_DIR`;
-``python -m firm_lite.tiny_critic`` rebuilds it (~10-20 min on two cores).
+``python -m firm_lite.tiny_critic`` rebuilds it (~30 min on one core; the recipe is one thread).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from PIL import Image
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 TINY_CRITIC_DIR: Path = Path(__file__).resolve().parent / "assets" / "tiny-critic"
 PROVENANCE_FILE = "firm_lite_tiny.json"
 ANSWER_FORMAT = '{{\n"reasoning" : "{reasoning}",\n"score" : [{score}]\n}}'
@@ -94,6 +94,8 @@ class TinyCriticDims:
     mrope_section: tuple[int, int, int] = (4, 2, 2)
     # The 8B's 5e6 leaves a 16-dim head almost no frequency that tells nearby positions apart;
     # 1e4 lets a head find "the same patch in the other image" (a fixed offset) and the images.
+    # Interleaved M-RoPE (4, 2, 2) still gives the width axis only 0.1 and 0.003 rad per patch
+    # at 1e4; 16 (0.47 and 0.15) learnt the describe task a little sooner, not better (README).
     rope_theta: float = 10_000.0
     vision_depth: int = 2
     vision_hidden: int = 48
@@ -238,21 +240,38 @@ def _sha256(path: Path) -> str:
 class TrainingRecipe:
     """How the critic is trained on the edit set; recorded in the provenance file.
 
-    Two phases: ``describe_steps`` of the warm-up task (name the kind of edit the images show,
-    with no instruction to copy from; see ``editset.training.describe_batches``), then ``steps``
-    of FIRM answers, ``short_rate`` of them on the rubric-less prompt (cheaper, same answer).
-    The defaults are the run that is shipped: with the rubric-less prompt in training the critic
-    misread the instruction in the full verbatim prompt (held-out "Requested" right 59-80% of
-    the time), with full prompts only 97.5%.
+    Three phases, each on new pairs of the seeded train stream:
+
+    1. ``vision_steps``: the vision tower alone learns to tell the kinds of edit apart through a
+       throw-away head (``editset.training.pretrain_vision``);
+    2. ``describe_steps``: the warm-up task, the whole model names the kind of edit the images
+       show with no instruction to copy from (``editset.training.describe_batches``);
+    3. ``steps`` of FIRM answers (``short_rate`` of them on the rubric-less prompt), with a
+       warm-up batch after every ``describe_every`` pairs of FIRM batches and, with ``self_seen``,
+       the ``Seen`` kind of the execution reasoning being what the critic itself answers to the
+       warm-up question for that pair (``editset.training.seen_by``), meant to make the score
+       follow what it sees rather than the request.
+
+    The defaults are the run that is shipped (phase 1, warm-up mixing and ``self_seen`` off:
+    tried, none gave the critic real signal; README, *Edit set and tiny critic*). With the
+    rubric-less prompt in training the critic misread the instruction in the full verbatim
+    prompt (held-out "Requested" right 59-80% of the time, 97.5% with full prompts only), so
+    ``short_rate`` stays 0.
     """
 
+    vision_steps: int = 0
+    vision_batch_size: int = 16
+    vision_lr: float = 1e-3
     describe_steps: int = 1000
     describe_batch_size: int = 16
+    describe_lr: float = 3e-3
     steps: int = 1500
     batch_size: int = 8
     short_rate: float = 0.0
     lr: float = 3e-3
     score_weight: float = 3.0
+    describe_every: int = 0  # a warm-up batch after every this many pairs of FIRM batches (0: none)
+    self_seen: bool = False  # FIRM answers say the kind the critic itself sees (``seen_by``)
     threads: int = 1  # torch threads while training: part of the recipe, float sums depend on it
 
 
@@ -271,19 +290,23 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
     import transformers
     from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
+    from firm_lite.editset.generator import iter_items
     from firm_lite.editset.training import (
         describe_batches,
         evaluate_critic,
+        pretrain_vision,
+        seen_by,
         tokenizer_texts,
         train_critic,
         training_batches,
     )
 
     recipe = recipe or TrainingRecipe()
-    if steps is not None:  # a quick build (tests): the same split between the two phases
-        total = recipe.describe_steps + recipe.steps
-        recipe = TrainingRecipe(**{**asdict(recipe), "describe_steps": steps * recipe.describe_steps // total,
-                                   "steps": steps - steps * recipe.describe_steps // total})
+    if steps is not None:  # a quick build (tests): the same split between the three phases
+        total = recipe.vision_steps + recipe.describe_steps + recipe.steps
+        vision, describe = steps * recipe.vision_steps // total, steps * recipe.describe_steps // total
+        recipe = TrainingRecipe(**{**asdict(recipe), "vision_steps": vision, "describe_steps": describe,
+                                   "steps": steps - vision - describe})
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / PROVENANCE_FILE).exists():
         raise FileExistsError(f"{out_dir} is not empty and holds no {PROVENANCE_FILE}; "
@@ -299,19 +322,26 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
         model.generation_config = GenerationConfig(
             do_sample=False, eos_token_id=[eos, pad], pad_token_id=pad, bos_token_id=pad,
             max_new_tokens=256)
-        warmup = {"train_seconds": 0.0}
+        # Each phase draws later groups of the same seeded stream: new pairs, never a second epoch.
+        first_group, seconds = 0, 0.0
+        if recipe.vision_steps:
+            seconds += pretrain_vision(model, processor, iter_items("train", seed=seed), steps=recipe.vision_steps,
+                                       lr=recipe.vision_lr, batch_size=recipe.vision_batch_size,
+                                       progress=progress)["train_seconds"]
+            first_group += recipe.vision_steps * recipe.vision_batch_size // 2
         if recipe.describe_steps:
-            described = describe_batches(seed, recipe.describe_batch_size)
-            warmup = train_critic(model, processor, itertools.chain.from_iterable(described),
-                                  steps=recipe.describe_steps, lr=recipe.lr, batch_size=recipe.describe_batch_size,
-                                  progress=progress)
-        # The FIRM phase draws later groups of the same seeded stream: new pairs, not a second epoch.
-        first_group = recipe.describe_steps * recipe.describe_batch_size // 2
-        batches = training_batches(seed, recipe.batch_size, recipe.short_rate, first_group=first_group)
+            described = describe_batches(seed, recipe.describe_batch_size, first_group=first_group)
+            seconds += train_critic(model, processor, itertools.chain.from_iterable(described),
+                                    steps=recipe.describe_steps, lr=recipe.describe_lr,
+                                    batch_size=recipe.describe_batch_size, progress=progress)["train_seconds"]
+            first_group += recipe.describe_steps * recipe.describe_batch_size // 2
+        seer = (lambda pairs: seen_by(model, processor, pairs)) if recipe.self_seen else None
+        batches = training_batches(seed, recipe.batch_size, recipe.short_rate, first_group=first_group,
+                                   describe_every=recipe.describe_every, seer=seer)
         training = train_critic(model, processor, itertools.chain.from_iterable(batches), steps=recipe.steps,
                                 lr=recipe.lr, batch_size=recipe.batch_size, score_weight=recipe.score_weight,
                                 progress=progress)
-        training["train_seconds"] += warmup["train_seconds"]
+        training["train_seconds"] += seconds
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)

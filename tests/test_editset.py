@@ -267,14 +267,69 @@ def test_training_batches_are_single_mode_paired_and_deterministic() -> None:
                                                                        for b in again for e in b]
 
 
+def test_firm_stream_can_interleave_warm_up_batches_and_say_what_a_seer_sees() -> None:
+    from firm_lite.editset.training import DESCRIBE_PROMPT, training_batches
+
+    calls: list[int] = []
+
+    def seer(pairs: list) -> list:
+        calls.append(len(pairs))
+        return ["blur", None]
+
+    stream = training_batches(0, batch_size=2, short_rate=0.0, describe_every=1, seer=seer)
+    execution, consistency, warm_up, execution_2 = (next(stream) for _ in range(4))
+    assert [b[0].mode for b in (execution, consistency, execution_2)] == ["execution", "consistency", "execution"]
+    assert all(e.prompt == DESCRIBE_PROMPT and e.answer.startswith("Seen: ") for e in warm_up)
+    assert calls == [2, 2]  # once per pair of FIRM batches
+    plain = next(training_batches(0, batch_size=2, short_rate=0.0))
+    assert json.loads(execution[0].answer)["reasoning"].endswith("Seen: blur.")
+    assert json.loads(plain[0].answer)["reasoning"] != json.loads(execution[0].answer)["reasoning"]
+    assert execution[1].answer == plain[1].answer  # None: the true kind stays
+
+
+def test_vision_pre_training_moves_the_tower_only() -> None:
+    import torch
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from firm_lite.editset.training import pretrain_vision
+    from firm_lite.sources import tiny_critic_dir
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_critic_dir())
+    processor = AutoProcessor.from_pretrained(tiny_critic_dir())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    result = pretrain_vision(model, processor, iter_items("train", seed=0), steps=2, batch_size=2, progress=False)
+    assert np.isfinite(result["final_loss"])
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("model.visual.") for k in moved)
+
+
+def test_seen_by_reads_the_kind_a_critic_names() -> None:
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from firm_lite.editset.labels import SEEN_KINDS
+    from firm_lite.editset.training import parse_seen, seen_by
+    from firm_lite.sources import tiny_critic_dir
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_critic_dir()).eval()
+    processor = AutoProcessor.from_pretrained(tiny_critic_dir())
+    pairs = [(i.source_image(), i.edited_image()) for i in generate("heldout", 4)]
+    seen = seen_by(model, processor, pairs)
+    assert len(seen) == 4 and all(k is None or k in SEEN_KINDS for k in seen)
+    assert [parse_seen(t) for t in ("Seen: blur.", " Seen: unrelated picture.\n", "Seen: blurry.", "Seen: blur",
+                                    '{"score": 5}', "")] == ["blur", "unrelated picture", None, None, None, None]
+
+
 @pytest.mark.slow
 def test_retraining_command_builds_a_loadable_critic(tmp_path: Path) -> None:
     from firm_lite.tiny_critic import PROVENANCE_FILE, main
 
     out = tmp_path / "critic"
-    assert main(["--out", str(out), "--steps", "4", "--check-pairs", "4", "--quiet"]) == 0
+    assert main(["--out", str(out), "--steps", "6", "--check-pairs", "4", "--quiet"]) == 0
     provenance = json.loads((out / PROVENANCE_FILE).read_text("utf-8"))
     recipe = provenance["recipe"]
-    assert recipe["describe_steps"] + recipe["steps"] == 4 and provenance["heldout"]["execution"]["n"] == 4
-    assert provenance["heldout_kinds"]["n"] == 4 and provenance["builder_version"] == "3"
+    assert recipe["vision_steps"] + recipe["describe_steps"] + recipe["steps"] == 6
+    assert provenance["heldout"]["execution"]["n"] == 4
+    assert provenance["heldout_kinds"]["n"] == 4 and provenance["builder_version"] == "4"
     assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == provenance["model_sha256"]

@@ -58,6 +58,23 @@ def test_shipped_folder_loads_as_qwen3_vl(processor, model):
     assert provenance["model_sha256"] == hashlib.sha256(weights).hexdigest()
 
 
+def test_shipped_critic_is_what_the_default_recipe_builds():
+    """``python -m firm_lite.tiny_critic`` must rebuild the shipped folder: its recorded recipe and
+    sizes are the defaults (recipe keys added later must default to what the shipped run did)."""
+    from dataclasses import asdict
+
+    from firm_lite.tiny_critic import TinyCriticDims, TrainingRecipe
+
+    provenance = json.loads((TINY_CRITIC_DIR / PROVENANCE_FILE).read_text("utf-8"))
+    recipe, defaults = provenance["recipe"], json.loads(json.dumps(asdict(TrainingRecipe())))
+    if provenance["builder_version"] == "3":  # what builder 3 did without a key for it
+        recipe = {"vision_steps": 0, "describe_lr": recipe["lr"], "describe_every": 0, "self_seen": False,
+                  **recipe}
+    assert {k: defaults[k] for k in recipe} == recipe
+    assert set(defaults) - set(recipe) <= {"vision_batch_size", "vision_lr"}  # unused without vision_steps
+    assert provenance["dims"] == json.loads(json.dumps(asdict(TinyCriticDims())))
+
+
 def test_digits_are_single_tokens_in_any_context(processor):
     tok = processor.tokenizer
     check_tokenizer(tok)  # raises on a merged digit or a split special token
@@ -99,7 +116,7 @@ def test_greedy_answer_parses_as_firm_json(processor, model, pair):
 
 @pytest.mark.slow
 def test_same_seed_builds_identical_weights(tmp_path):
-    shas = [build_tiny_critic(tmp_path / name, seed=0, steps=3, progress=False,
+    shas = [build_tiny_critic(tmp_path / name, seed=0, steps=6, progress=False,
                               check_pairs_per_mode=1)["provenance"]["model_sha256"]
             for name in ("a", "b")]
     assert shas[0] == shas[1]

@@ -74,6 +74,8 @@ KIND_WORDS: dict[str, str] = {
     "blur": "blur", "pixelate": "pixelation", "remove": "removal", "invert": "inversion", "zoom": "zoom",
     "add_shape": "new shape"}
 
+SEEN_KINDS: tuple[str, ...] = (*KIND_WORDS.values(), "nothing", "unrelated picture")
+
 
 def kind_seen(edit: dict[str, Any]) -> str:
     """The kind of edit the edited image shows (:data:`KIND_WORDS`, "nothing" or "unrelated picture")."""
@@ -85,15 +87,16 @@ def kind_seen(edit: dict[str, Any]) -> str:
     return KIND_WORDS[applied["family"]]
 
 
-def rationale(mode: str, edit: dict[str, Any]) -> str:
+def rationale(mode: str, edit: dict[str, Any], seen: str | None = None) -> str:
     """The templated reasoning a trained critic writes: the kind of edit asked for and the kind
     the images show (execution), or how many unrequested changes there are (consistency). The
     score follows from it by the rules above, so the image-dependent fact is a supervised token,
     not just the final digit: that is what lets a tiny critic learn from a few thousand pairs.
     The kind is deliberately coarse (no colour, region or strength): a half-million-parameter
-    critic can learn to tell a tint from a blur, not a red tint from an orange one."""
+    critic can learn to tell a tint from a blur, not a red tint from an orange one. ``seen``
+    replaces the true kind in the execution reasoning (what a critic in training itself saw)."""
     if mode == "execution":
-        return f"Requested: {KIND_WORDS[edit['family']]}. Seen: {kind_seen(edit)}."
+        return f"Requested: {KIND_WORDS[edit['family']]}. Seen: {seen or kind_seen(edit)}."
     if mode != "consistency":
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     outcome = edit["outcome"]

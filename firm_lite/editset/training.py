@@ -6,11 +6,16 @@
 only (the consistency prompt is twice as long as the execution one, so mixing them would pad
 every execution row to the longer length) and both modes of the same pairs follow each other.
 
-Most batches are rendered with :func:`short_prompt`: the mode's real prompt with its rubric
+A batch can be rendered with :func:`short_prompt`: the mode's real prompt with its rubric
 sections left out (the preamble that names the mode, the instruction and the output format stay,
-verbatim). On two CPU cores a full consistency prompt costs ~4x a short one, and a tiny model
-finds the images much sooner among ~150 tokens than among ~1000; the full-prompt batches teach it
-to answer the same way when the rubric is there, which is all that scoring ever sends.
+verbatim). On two CPU cores a full consistency prompt costs ~4x a short one, but a critic trained
+on them misreads the instruction in the full prompt, which is all that scoring ever sends; the
+shipped recipe uses full prompts only.
+
+Before the FIRM answers come two warm-ups: :func:`pretrain_vision` (the vision tower alone, a
+throw-away head naming the kind of edit) and :func:`describe_batches` (the whole model names the
+kind of edit, with no instruction to copy from). :func:`seen_by` asks a critic that question;
+with it as ``seer`` the FIRM answers say what the critic sees, not the truth it cannot see yet.
 
 :func:`train_critic` is the loop (AdamW, warmup + cosine, loss on answer tokens only with the
 score digit weighted up); :func:`evaluate_critic` scores a split through ``load_critic`` and
@@ -19,6 +24,7 @@ greedy generation, i.e. exactly what ``firm-lite score`` does, and reports MAE p
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from firm_lite.editset.generator import EditItem, generate, iter_items
-from firm_lite.editset.labels import MODES, description, rationale
+from firm_lite.editset.labels import MODES, SEEN_KINDS, description, kind_seen, rationale
 from firm_lite.prompts import render_prompt, templates
 from firm_lite.tiny_critic import ANSWER_FORMAT, EditExample, example_messages
 
@@ -41,16 +47,18 @@ def short_prompt(mode: str, instruction: str) -> str:
     return text[:text.index("\n## ", at) + 1] + text[text.index("## Output Format", at):]
 
 
-def answer(mode: str, edit: dict[str, Any], score: int) -> str:
+def answer(mode: str, edit: dict[str, Any], score: int, seen: str | None = None) -> str:
     """The FIRM-format answer a critic trained on the edit set gives."""
-    return ANSWER_FORMAT.format(reasoning=rationale(mode, edit), score=score)
+    return ANSWER_FORMAT.format(reasoning=rationale(mode, edit, seen=seen), score=score)
 
 
-def example_of(item: EditItem, mode: str, images: tuple[Any, Any] | None = None, short: bool = False) -> EditExample:
-    """One item as a training/eval example in ``mode`` (``images``: already decoded source/edited)."""
+def example_of(item: EditItem, mode: str, images: tuple[Any, Any] | None = None, short: bool = False,
+               seen: str | None = None) -> EditExample:
+    """One item as a training/eval example in ``mode`` (``images``: already decoded source/edited;
+    ``seen``: the kind the execution reasoning says it sees, None for the true one)."""
     source, edited = images or (item.source_image(), item.edited_image())
     score = item.labels[mode]
-    return EditExample(mode, item.instruction, source, edited, score, answer(mode, item.edit, score),
+    return EditExample(mode, item.instruction, source, edited, score, answer(mode, item.edit, score, seen),
                        prompt=short_prompt(mode, item.instruction) if short else None)
 
 
@@ -66,18 +74,111 @@ def describe_batches(seed: int, batch_size: int, first_group: int = 0) -> Iterat
                            prompt=DESCRIBE_PROMPT) for i in items]
 
 
-def training_batches(seed: int, batch_size: int, short_rate: float,
-                     first_group: int = 0) -> Iterator[list[EditExample]]:
+def pair_logits(model: Any, processor: Any, head: Any, items: list[EditItem]) -> Any:
+    """The vision tower's merged tokens of both images of each item, pooled the way a decoder
+    can pool them (each image's mean, the mean difference and mean absolute difference of tokens at
+    the same place), through ``head``: logits over :data:`~firm_lite.editset.labels.SEEN_KINDS`."""
+    import torch
+
+    images = [im for item in items for im in (item.source_image(), item.edited_image())]
+    batch = processor.image_processor(images=images, return_tensors="pt")
+    tokens = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+    merge = processor.image_processor.merge_size ** 2
+    per_image = torch.split(tokens, (batch["image_grid_thw"].prod(-1) // merge).tolist())
+    pooled = []
+    for source, edited in zip(per_image[0::2], per_image[1::2], strict=True):
+        diff = edited - source
+        pooled.append(torch.cat([source.mean(0), edited.mean(0), diff.mean(0), diff.abs().mean(0)]))
+    return head(torch.stack(pooled))
+
+
+def pretrain_vision(model: Any, processor: Any, items: Iterable[EditItem], *, steps: int, lr: float = 1e-3,
+                    batch_size: int = 16, progress: bool = True) -> dict[str, float]:
+    """Pre-train the vision tower to tell the kinds of edit apart, through a throw-away head.
+
+    Through the whole model the kind of edit is one token of supervision at the end of a long
+    path (vision tower, merger, a decoder that has to find the same place in the other image),
+    and a half-million-parameter critic learns it slowly. A small MLP on pooled tokens of the two
+    images gives the tower a direct signal first, the way VLMs start from a pre-trained vision
+    encoder. The head (its own seeded init) is dropped afterwards; only the tower keeps what it
+    learned.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    width = model.config.vision_config.out_hidden_size
+    head = torch.nn.Sequential(torch.nn.Linear(4 * width, 128), torch.nn.GELU(),
+                               torch.nn.Linear(128, len(SEEN_KINDS)))
+    visual = model.model.visual
+    params = list(visual.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    stream, losses, start = iter(items), [], time.perf_counter()
+    visual.train()
+    for _ in (bar := tqdm(range(steps), desc="pre-training vision tower", disable=not progress)):
+        batch = [next(stream) for _ in range(batch_size)]
+        target = torch.tensor([SEEN_KINDS.index(kind_seen(item.edit)) for item in batch])
+        loss = torch.nn.functional.cross_entropy(pair_logits(model, processor, head, batch), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    visual.eval()
+    return {"final_loss": sum(losses[-20:]) / len(losses[-20:]), "train_seconds": time.perf_counter() - start}
+
+
+def seen_by(model: Any, processor: Any, pairs: list[tuple[Any, Any]]) -> list[str | None]:
+    """The kind of edit ``model`` names for each (source, edited) pair when asked the warm-up
+    question (:data:`DESCRIBE_PROMPT`, greedy); None where its answer is not a known kind."""
+    import torch
+
+    examples = [EditExample("execution", "", src, edited, 0, "", prompt=DESCRIBE_PROMPT) for src, edited in pairs]
+    texts = [processor.apply_chat_template(example_messages(e), tokenize=False, add_generation_prompt=True)
+             for e in examples]
+    batch = processor(text=texts, images=[[e.source, e.edited] for e in examples], padding=True,
+                      padding_side="left", return_tensors="pt")
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=False, max_new_tokens=12, eos_token_id=eos,
+                             pad_token_id=processor.tokenizer.pad_token_id)
+    return [parse_seen(processor.tokenizer.decode(ids, skip_special_tokens=True))
+            for ids in out[:, batch["input_ids"].shape[1]:]]
+
+
+def parse_seen(text: str) -> str | None:
+    """The kind in a warm-up answer (``"Seen: blur."`` -> ``"blur"``); None if it names none."""
+    text = text.strip()
+    kind = text.removeprefix("Seen: ").removesuffix(".")
+    return kind if text.startswith("Seen: ") and text.endswith(".") and kind in SEEN_KINDS else None
+
+
+def training_batches(seed: int, batch_size: int, short_rate: float, first_group: int = 0, *,
+                     describe_every: int = 0, seer: Any = None) -> Iterator[list[EditExample]]:
     """Endless single-mode batches from the train split: pairs i..i+n in execution, then the same
-    pairs in consistency. Whether a batch is short is drawn from ``random.Random(seed)``."""
+    pairs in consistency. Whether a batch is short is drawn from ``random.Random(seed)``.
+
+    ``describe_every`` > 0 puts a batch of the warm-up task (new pairs) after every that many
+    pairs of FIRM batches, so the critic keeps practising looking while it learns the format.
+    ``seer`` (a callable: list of (source, edited) -> list of kind or None, e.g. the model being
+    trained through :func:`seen_by`) supplies the ``Seen`` kind of the execution reasoning in place
+    of the true one (kept where it returns None): the critic learns to write what it itself sees
+    and to score from that, instead of learning that copying the request is right 70% of the time.
+    """
     stream = iter_items("train", seed=seed, first_group=first_group)
+    describe = describe_batches(seed + 1, batch_size, first_group=first_group) if describe_every else None
     coin = random.Random(seed)
-    while True:
+    for count in itertools.count(1):
         items = [next(stream) for _ in range(batch_size)]
         images = [(i.source_image(), i.edited_image()) for i in items]
+        seen = seer(images) if seer is not None else [None] * len(items)
         for mode in MODES:
             short = coin.random() < short_rate
-            yield [example_of(i, mode, im, short) for i, im in zip(items, images, strict=True)]
+            yield [example_of(i, mode, im, short, seen=k) for i, im, k in zip(items, images, seen, strict=True)]
+        if describe is not None and count % describe_every == 0:
+            yield next(describe)
 
 
 def encode_examples(processor: Any, examples: list[EditExample], *,
