@@ -387,21 +387,60 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def override(cls: type, settings: list[str]) -> Any:
+    """``cls()`` with ``KEY=VALUE`` settings applied, each value parsed as its field's type
+    (tuples as comma lists, booleans as true/false); a bad key or value raises ValueError."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = asdict(cls())
+    changes: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, raw = setting.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"{setting!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        default = defaults[key]
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError("expected true or false")
+                changes[key] = raw.lower() == "true"
+            elif isinstance(default, tuple):
+                changes[key] = tuple(type(default[0])(v) for v in raw.split(","))
+            else:
+                changes[key] = type(default)(raw)
+        except ValueError as err:
+            raise ValueError(f"{setting!r}: {err}") from None
+    return cls(**{**defaults, **changes})
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m firm_lite.tiny_critic",
-                                     description="Rebuild the offline tiny critic on the labelled edit set.")
+    parser = argparse.ArgumentParser(
+        prog="python -m firm_lite.tiny_critic",
+        description="Rebuild the offline tiny critic on the labelled edit set. With no --set/--dim it "
+                    "rebuilds the shipped critic (same weights); --set and --dim run another recipe "
+                    "(written to --out, recorded in its firm_lite_tiny.json).",
+        epilog="example: python -m firm_lite.tiny_critic --out /tmp/critic --set vision_steps=1000 "
+               "--set describe_every=2 --dim rope_theta=16")
     parser.add_argument("--out", type=Path, default=TINY_CRITIC_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None,
-                        help="total optimizer steps, split between the two phases as the default recipe "
-                             f"({TrainingRecipe().describe_steps} + {TrainingRecipe().steps})")
+                        help="total optimizer steps, split between the phases as the recipe splits them")
+    parser.add_argument("--set", dest="recipe", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainingRecipe field (repeatable): " + ", ".join(asdict(TrainingRecipe())))
+    parser.add_argument("--dim", dest="dims", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TinyCriticDims field (repeatable), e.g. rope_theta=16 or mrope_section=8,4,4")
     parser.add_argument("--check-pairs", type=int, default=None,
                         help="held-out pairs to score after training (default: all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
+        recipe, dims = override(TrainingRecipe, args.recipe), override(TinyCriticDims, args.dims)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
         summary = build_tiny_critic(args.out, seed=args.seed, steps=args.steps, progress=not args.quiet,
-                                    check_pairs_per_mode=args.check_pairs)
+                                    check_pairs_per_mode=args.check_pairs, recipe=recipe, dims=dims)
     except FileExistsError as err:
         parser.exit(2, f"error: {err}\n")
     from firm_lite.editset.metrics import format_report

@@ -127,3 +127,19 @@ def test_full_rebuild_answers_in_format(tmp_path):
     summary = build_tiny_critic(tmp_path / "critic", seed=0, progress=False)
     assert summary["parse_rate"] >= 0.9
     assert summary["total_bytes"] < 5_000_000
+
+
+def test_recipe_and_dims_overrides_are_typed_and_checked(capsys):
+    from firm_lite.tiny_critic import TinyCriticDims, TrainingRecipe, main, override
+
+    recipe = override(TrainingRecipe, ["vision_steps=1000", "self_seen=true", "lr=1e-3"])
+    assert (recipe.vision_steps, recipe.self_seen, recipe.lr) == (1000, True, 1e-3)
+    assert recipe.steps == TrainingRecipe().steps
+    assert override(TinyCriticDims, ["mrope_section=8,4,4"]).mrope_section == (8, 4, 4)
+    assert override(TrainingRecipe, []) == TrainingRecipe()
+    for bad in (["nope=1"], ["vision_steps"], ["vision_steps=1.5"], ["self_seen=yes"]):
+        with pytest.raises(ValueError, match=bad[0].split("=")[0]):
+            override(TrainingRecipe, bad)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", "/nonexistent/never-built", "--dim", "rope_theta=fast"])
+    assert exit_info.value.code == 2 and "rope_theta=fast" in capsys.readouterr().err
