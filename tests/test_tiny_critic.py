@@ -115,8 +115,13 @@ def test_greedy_answer_parses_as_firm_json(processor, model, pair):
 
 
 @pytest.mark.slow
-def test_same_seed_builds_identical_weights(tmp_path):
-    shas = [build_tiny_critic(tmp_path / name, seed=0, steps=6, progress=False,
+@pytest.mark.parametrize("settings", [[], ["vision_steps=1000", "describe_every=1", "self_seen=true"]],
+                         ids=["default", "all-phases"])
+def test_same_seed_builds_identical_weights(tmp_path, settings):
+    from firm_lite.tiny_critic import TrainingRecipe, override
+
+    recipe = override(TrainingRecipe, settings)
+    shas = [build_tiny_critic(tmp_path / name, seed=0, steps=8, progress=False, recipe=recipe,
                               check_pairs_per_mode=1)["provenance"]["model_sha256"]
             for name in ("a", "b")]
     assert shas[0] == shas[1]
