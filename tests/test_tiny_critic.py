@@ -10,12 +10,12 @@ import pytest
 
 from firm_lite.parsing import parse_answer
 from firm_lite.prompts import MODES, build_messages, render_prompt
+from firm_lite.tiny_architecture import check_tokenizer
 from firm_lite.tiny_critic import (
     PROVENANCE_FILE,
     TINY_CRITIC_DIR,
     EditExample,
     build_tiny_critic,
-    check_tokenizer,
     generate_answer,
     synthetic_pair,
 )
