@@ -7,8 +7,9 @@ offline, from the parts in :mod:`firm_lite.tiny_architecture` (tokenizer, proces
 template, config) and a CPU training run on the labelled photo edit set (:mod:`firm_lite.editset`)
 rendered exactly as scoring renders it (``build_messages`` + the chat template). The critic
 learns to write what was asked and what the images show was done (templated reasoning), then
-the label as score; its MAE on the held-out split is recorded in the provenance file. The result ships at :data:`TINY_CRITIC_DIR`;
-``python -m firm_lite.tiny_critic`` rebuilds it (~30 min on one core; the recipe is one thread).
+the label as score; its MAE on the held-out split is recorded in the provenance file. The
+result ships at :data:`TINY_CRITIC_DIR`; ``python -m firm_lite.tiny_critic`` rebuilds it (~30 min
+on one core; the recipe is one thread).
 """
 
 from __future__ import annotations
