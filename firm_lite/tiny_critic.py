@@ -87,7 +87,11 @@ class TrainingRecipe:
        warm-up batch after every ``describe_every`` pairs of FIRM batches and, with ``self_seen``,
        the ``Seen`` kind of the execution reasoning being what the critic itself answers to the
        warm-up question for that pair (``editset.training.seen_by``), meant to make the score
-       follow what it sees rather than the request.
+       follow what it sees rather than the request. With ``frozen_seer`` that answer comes from a
+       frozen copy of the critic as phases 1-2 left it: a fixed function of the images the critic
+       already computes, so the FIRM answers cannot drift with the critic being trained, and the
+       score label it learns to give after "Seen: X" is the truth's distribution given what it
+       can see (a local edit it cannot see is not taken as "not done").
 
     The defaults are the run that is shipped (phase 1, warm-up mixing and ``self_seen`` off:
     tried, none gave the critic real signal; README, *Edit set and tiny critic*). With the
@@ -107,8 +111,10 @@ class TrainingRecipe:
     short_rate: float = 0.0
     lr: float = 3e-3
     score_weight: float = 3.0
+    score_loss: str = "ce"  # or "expected_error": greedy answers the least-error score, not the likeliest
     describe_every: int = 0  # a warm-up batch after every this many pairs of FIRM batches (0: none)
     self_seen: bool = False  # FIRM answers say the kind the critic itself sees (``seen_by``)
+    frozen_seer: bool = False  # with self_seen: ask a frozen copy made after the describe phase
     threads: int = 1  # torch threads while training: part of the recipe, float sums depend on it
 
 
@@ -120,6 +126,7 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
     The check scores the held-out edit set (its first ``check_pairs_per_mode`` pairs, default
     all) through ``load_critic`` + greedy generation + parsing, exactly as ``firm-lite score``.
     """
+    import copy
     import itertools
 
     import tokenizers
@@ -139,6 +146,8 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
     )
 
     recipe = recipe or TrainingRecipe()
+    if recipe.frozen_seer and not recipe.self_seen:
+        raise ValueError("frozen_seer only applies with self_seen=true")
     if steps is not None:  # a quick build (tests): the same split between the three phases
         total = recipe.vision_steps + recipe.describe_steps + recipe.steps
         vision, describe = steps * recipe.vision_steps // total, steps * recipe.describe_steps // total
@@ -172,11 +181,15 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
                                     steps=recipe.describe_steps, lr=recipe.describe_lr,
                                     batch_size=recipe.describe_batch_size, progress=progress)["train_seconds"]
             first_group += recipe.describe_steps * recipe.describe_batch_size // 2
-        seer = (lambda pairs: seen_by(model, processor, pairs)) if recipe.self_seen else None
+        seer = None
+        if recipe.self_seen:
+            looker = copy.deepcopy(model).eval() if recipe.frozen_seer else model
+            seer = lambda pairs: seen_by(looker, processor, pairs)  # noqa: E731
         batches = training_batches(seed, recipe.batch_size, recipe.short_rate, first_group=first_group,
                                    describe_every=recipe.describe_every, seer=seer)
         training = train_critic(model, processor, itertools.chain.from_iterable(batches), steps=recipe.steps,
                                 lr=recipe.lr, batch_size=recipe.batch_size, score_weight=recipe.score_weight,
+                                score_loss=recipe.score_loss,
                                 progress=progress)
         training["train_seconds"] += seconds
         if out_dir.exists():
@@ -278,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = build_tiny_critic(args.out, seed=args.seed, steps=args.steps, progress=not args.quiet,
                                     check_pairs_per_mode=args.check_pairs, recipe=recipe, dims=dims)
-    except FileExistsError as err:
+    except (FileExistsError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     from firm_lite.editset.metrics import format_report
 

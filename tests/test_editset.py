@@ -305,6 +305,32 @@ def test_vision_pre_training_moves_the_tower_only() -> None:
     assert moved and all(k.startswith("model.visual.") for k in moved)
 
 
+def test_expected_error_loss_puts_the_score_on_the_median_where_cross_entropy_picks_the_mode() -> None:
+    """Labels 5 5 5 1 1 3 2 for inputs the critic cannot tell apart: cross entropy's best answer
+    is the commonest label (5), the expected absolute error's is their median (3)."""
+    import torch
+
+    from firm_lite.editset.training import expected_error_loss
+
+    digit_ids = torch.tensor([3, 4, 5, 6, 7])  # "1".."5" in a 10-token toy vocabulary
+    targets = digit_ids[torch.tensor([4, 4, 4, 0, 0, 2, 1])]  # labels 5 5 5 1 1 3 2: mode 5, median 3
+    logits = torch.zeros(10, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(300):
+        loss = expected_error_loss(logits.expand(len(targets), 10), targets, digit_ids).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    probs = torch.softmax(logits.detach(), -1)
+    assert int(probs.argmax()) == int(digit_ids[2]) and probs[digit_ids].sum() > 0.99
+    ce = [torch.nn.functional.cross_entropy(torch.eye(10)[d].expand(len(targets), 10) * 5, targets).item()
+          for d in digit_ids]
+    assert int(np.argmin(ce)) == 4  # the mode
+    # one hand-computed value: uniform over the 10 tokens, label 1
+    uniform = expected_error_loss(torch.zeros(1, 10), digit_ids[:1], digit_ids)
+    assert float(uniform) == pytest.approx(-np.log(0.5) + (0 + 1 + 2 + 3 + 4) / 5)
+
+
 def test_seen_by_reads_the_kind_a_critic_names() -> None:
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 

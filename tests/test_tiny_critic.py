@@ -69,7 +69,7 @@ def test_shipped_critic_is_what_the_default_recipe_builds():
     recipe, defaults = provenance["recipe"], json.loads(json.dumps(asdict(TrainingRecipe())))
     if provenance["builder_version"] == "3":  # what builder 3 did without a key for it
         recipe = {"vision_steps": 0, "describe_lr": recipe["lr"], "describe_every": 0, "self_seen": False,
-                  **recipe}
+                  "frozen_seer": False, "score_loss": "ce", **recipe}
     assert {k: defaults[k] for k in recipe} == recipe
     assert set(defaults) - set(recipe) <= {"vision_batch_size", "vision_lr"}  # unused without vision_steps
     assert provenance["dims"] == json.loads(json.dumps(asdict(TinyCriticDims())))
@@ -115,8 +115,9 @@ def test_greedy_answer_parses_as_firm_json(processor, model, pair):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [[], ["vision_steps=1000", "describe_every=1", "self_seen=true"]],
-                         ids=["default", "all-phases"])
+@pytest.mark.parametrize("settings", [[], ["vision_steps=1000", "describe_every=1", "self_seen=true"],
+                                      ["describe_every=1", "self_seen=true", "frozen_seer=true"]],
+                         ids=["default", "all-phases", "frozen-seer"])
 def test_same_seed_builds_identical_weights(tmp_path, settings):
     from firm_lite.tiny_critic import TrainingRecipe, override
 
@@ -148,3 +149,35 @@ def test_recipe_and_dims_overrides_are_typed_and_checked(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", "/nonexistent/never-built", "--dim", "rope_theta=fast"])
     assert exit_info.value.code == 2 and "rope_theta=fast" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["live-seer", "frozen-seer"])
+def test_self_seen_asks_the_trained_or_a_frozen_critic(tmp_path, monkeypatch, frozen):
+    """``self_seen`` asks the critic in training what it sees (its weights move between the
+    questions); with ``frozen_seer`` a copy made before the FIRM phase answers (same weights every
+    time, never the model being trained)."""
+    import firm_lite.editset.training as training
+    from firm_lite.tiny_critic import TrainingRecipe
+
+    asked: list[tuple[int, float]] = []
+    real_seen_by = training.seen_by
+
+    def spy(model, processor, pairs):
+        asked.append((id(model), float(sum(p.detach().double().sum() for p in model.parameters()))))
+        return real_seen_by(model, processor, pairs)
+
+    monkeypatch.setattr(training, "seen_by", spy)
+    recipe = TrainingRecipe(self_seen=True, frozen_seer=frozen)
+    build_tiny_critic(tmp_path / "critic", seed=0, steps=10, progress=False, recipe=recipe, check_pairs_per_mode=1)
+    assert len(asked) >= 3
+    assert (len({a[0] for a in asked}) == 1) and (len({a[1] for a in asked}) == 1) == frozen
+
+
+def test_frozen_seer_needs_self_seen(tmp_path, capsys):
+    from firm_lite.tiny_critic import TrainingRecipe, main
+
+    with pytest.raises(ValueError, match="self_seen"):
+        build_tiny_critic(tmp_path / "x", steps=2, recipe=TrainingRecipe(frozen_seer=True), progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "y"), "--set", "frozen_seer=true"])
+    assert exit_info.value.code == 2 and "self_seen" in capsys.readouterr().err

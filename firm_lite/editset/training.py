@@ -214,13 +214,36 @@ def _score_positions(labels: Any, digit_ids: Any) -> Any:
     return mask
 
 
+def expected_error_loss(logits: Any, targets: Any, digit_ids: Any) -> Any:
+    """Per score position: ``-log P(any digit) + E|s - label|`` with ``s`` drawn from the
+    distribution over the five digits.
+
+    Cross entropy makes the most *likely* score the most probable token, so a critic unsure
+    whether an edit was done answers the commonest label (5) and pays 4 points when it was not.
+    The expected absolute error is least for a point mass on the *median* of the labels the
+    critic cannot tell apart, so greedy decoding (what scoring does) answers the score with the
+    least expected error; the first term keeps the answer a digit.
+    """
+    import torch
+
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    digit_log_probs = log_probs[:, digit_ids]
+    labels = (targets.unsqueeze(-1) == digit_ids).float().argmax(-1)
+    distance = (torch.arange(len(digit_ids), device=logits.device) - labels.unsqueeze(-1)).abs().float()
+    return -torch.logsumexp(digit_log_probs, -1) + (torch.softmax(digit_log_probs, -1) * distance).sum(-1)
+
+
 def train_critic(model: Any, processor: Any, examples: Iterable[EditExample], *, steps: int,
                  lr: float = 3e-3, batch_size: int = 8, warmup: int = 20, score_weight: float = 1.0,
-                 progress: bool = True) -> dict[str, float]:
+                 score_loss: str = "ce", progress: bool = True) -> dict[str, float]:
     """AdamW with warmup + cosine decay on answer tokens; returns losses and wall time.
 
     ``score_weight`` multiplies the loss on the score digit: one token of ~40, but the one the
-    critic is judged by. ``examples`` is consumed ``batch_size`` at a time (keep batches single-mode).
+    critic is judged by. ``score_loss`` is what the score digit is trained on: ``"ce"`` (cross
+    entropy: greedy decoding then gives the most likely score) or ``"expected_error"``
+    (:func:`expected_error_loss`: greedy decoding gives the score with the least expected
+    absolute error, what critics are judged by). ``examples`` is consumed ``batch_size`` at a time
+    (keep batches single-mode).
     """
     import torch
     from tqdm.auto import tqdm
@@ -242,6 +265,11 @@ def train_critic(model: Any, processor: Any, examples: Iterable[EditExample], *,
                                                        reduction="none").view_as(targets)
         answer = targets != -100
         is_score = _score_positions(targets, digit_ids)
+        if score_loss == "expected_error" and bool(is_score.any()):
+            token_loss = token_loss.masked_scatter(
+                is_score, expected_error_loss(logits[is_score], targets[is_score], digit_ids))
+        elif score_loss != "ce":
+            raise ValueError(f"unknown score_loss {score_loss!r}; expected 'ce' or 'expected_error'")
         weights = answer.float() + (score_weight - 1.0) * is_score.float()
         loss = (token_loss * weights).sum() / weights.sum()
         optimizer.zero_grad(set_to_none=True)
