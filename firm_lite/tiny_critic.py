@@ -136,6 +136,7 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
 
     from firm_lite.editset.generator import iter_items
     from firm_lite.editset.training import (
+        SCORE_LOSSES,
         describe_batches,
         evaluate_critic,
         pretrain_vision,
@@ -148,6 +149,8 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
     recipe = recipe or TrainingRecipe()
     if recipe.frozen_seer and not recipe.self_seen:
         raise ValueError("frozen_seer only applies with self_seen=true")
+    if recipe.score_loss not in SCORE_LOSSES:
+        raise ValueError(f"score_loss={recipe.score_loss!r}: expected one of {', '.join(SCORE_LOSSES)}")
     if steps is not None:  # a quick build (tests): the same split between the three phases
         total = recipe.vision_steps + recipe.describe_steps + recipe.steps
         vision, describe = steps * recipe.vision_steps // total, steps * recipe.describe_steps // total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -173,11 +174,24 @@ def test_self_seen_asks_the_trained_or_a_frozen_critic(tmp_path, monkeypatch, fr
     assert (len({a[0] for a in asked}) == 1) and (len({a[1] for a in asked}) == 1) == frozen
 
 
-def test_frozen_seer_needs_self_seen(tmp_path, capsys):
+def test_recipe_values_are_checked_before_training(tmp_path, capsys):
     from firm_lite.tiny_critic import TrainingRecipe, main
 
     with pytest.raises(ValueError, match="self_seen"):
         build_tiny_critic(tmp_path / "x", steps=2, recipe=TrainingRecipe(frozen_seer=True), progress=False)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--out", str(tmp_path / "y"), "--set", "frozen_seer=true"])
-    assert exit_info.value.code == 2 and "self_seen" in capsys.readouterr().err
+    for setting, word in (("frozen_seer=true", "self_seen"), ("score_loss=mae", "expected_error")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out", str(tmp_path / "y"), "--set", setting])
+        assert exit_info.value.code == 2 and word in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_expected_error_score_loss_trains_through_describe_batches_mixed_in(tmp_path):
+    """Describe batches carry no score digit; the expected-error loss must leave them to cross
+    entropy (a build with both used to stop at its first describe batch)."""
+    from firm_lite.tiny_critic import TrainingRecipe
+
+    recipe = TrainingRecipe(describe_every=1, score_loss="expected_error")
+    summary = build_tiny_critic(tmp_path / "critic", seed=0, steps=8, progress=False, recipe=recipe,
+                                check_pairs_per_mode=1)
+    assert math.isfinite(summary["final_loss"]) and summary["provenance"]["recipe"]["score_loss"] == "expected_error"

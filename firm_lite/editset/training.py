@@ -38,6 +38,7 @@ from firm_lite.prompts import render_prompt, templates
 from firm_lite.tiny_critic import ANSWER_FORMAT, EditExample, example_messages
 
 DESCRIBE_PROMPT = "Describe the edit."
+SCORE_LOSSES: tuple[str, ...] = ("ce", "expected_error")  # see train_critic
 
 
 def short_prompt(mode: str, instruction: str) -> str:
@@ -248,6 +249,8 @@ def train_critic(model: Any, processor: Any, examples: Iterable[EditExample], *,
     import torch
     from tqdm.auto import tqdm
 
+    if score_loss not in SCORE_LOSSES:
+        raise ValueError(f"unknown score_loss {score_loss!r}; expected one of {', '.join(SCORE_LOSSES)}")
     digit_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list("12345")))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
@@ -265,11 +268,9 @@ def train_critic(model: Any, processor: Any, examples: Iterable[EditExample], *,
                                                        reduction="none").view_as(targets)
         answer = targets != -100
         is_score = _score_positions(targets, digit_ids)
-        if score_loss == "expected_error" and bool(is_score.any()):
+        if score_loss == "expected_error" and bool(is_score.any()):  # describe batches have no score
             token_loss = token_loss.masked_scatter(
                 is_score, expected_error_loss(logits[is_score], targets[is_score], digit_ids))
-        elif score_loss != "ce":
-            raise ValueError(f"unknown score_loss {score_loss!r}; expected 'ce' or 'expected_error'")
         weights = answer.float() + (score_weight - 1.0) * is_score.float()
         loss = (token_loss * weights).sum() / weights.sum()
         optimizer.zero_grad(set_to_none=True)
