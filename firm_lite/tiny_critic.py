@@ -89,15 +89,15 @@ class TrainingRecipe:
        warm-up question for that pair (``editset.training.seen_by``), meant to make the score
        follow what it sees rather than the request. With ``frozen_seer`` that answer comes from a
        frozen copy of the critic as phases 1-2 left it: a fixed function of the images the critic
-       already computes, so the FIRM answers cannot drift with the critic being trained, and the
-       score label it learns to give after "Seen: X" is the truth's distribution given what it
-       can see (a local edit it cannot see is not taken as "not done").
+       already computes, so the FIRM answers cannot drift with the critic being trained, meant
+       to make the score after "Seen: X" the labels' distribution given what it can see (a local
+       edit it cannot see no longer taken as "not done").
 
-    The defaults are the run that is shipped (phase 1, warm-up mixing and ``self_seen`` off:
-    tried, none gave the critic real signal; README, *Edit set and tiny critic*). With the
-    rubric-less prompt in training the critic misread the instruction in the full verbatim
-    prompt (held-out "Requested" right 59-80% of the time, 97.5% with full prompts only), so
-    ``short_rate`` stays 0.
+    The defaults are the run that is shipped (phase 1, warm-up mixing, ``self_seen``,
+    ``frozen_seer`` and the expected-error ``score_loss`` off: tried, none gave the critic real
+    signal; README, *Edit set and tiny critic*). With the rubric-less prompt in training the
+    critic misread the instruction in the full verbatim prompt (held-out "Requested" right 59-80%
+    of the time, 97.5% with full prompts only), so ``short_rate`` stays 0.
     """
 
     vision_steps: int = 0
