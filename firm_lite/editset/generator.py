@@ -26,7 +26,7 @@ from firm_lite.editset.labels import labels_for
 from firm_lite.editset.photos import PHOTOS, SPLITS, photos_for, random_crop, render_crop
 from firm_lite.editset.photos import SHAPES as IMAGE_SHAPES
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 JPEG_QUALITY = 90
 SPLIT_CODES: dict[str, int] = {"train": 0, "heldout": 1}
 OUTCOME_WEIGHTS: dict[str, float] = {
