@@ -70,13 +70,13 @@ class TinyCriticDims:
     text_layers: int = 3
     text_heads: int = 4
     text_kv_heads: int = 2
-    text_head_dim: int = 16
+    text_head_dim: int = 32  # 16 gave the width axis too few rotary frequencies to find a patch
     text_intermediate: int = 192
-    mrope_section: tuple[int, int, int] = (4, 2, 2)
-    # The 8B's 5e6 leaves a 16-dim head almost no frequency that tells nearby positions apart;
-    # 1e4 lets a head find "the same patch in the other image" (a fixed offset) and the images.
-    # Interleaved M-RoPE (4, 2, 2) still gives the width axis only 0.1 and 0.003 rad per patch
-    # at 1e4; 16 (0.47 and 0.15) learnt the describe task a little sooner, not better (README).
+    mrope_section: tuple[int, int, int] = (8, 4, 4)
+    # The 8B's 5e6 leaves a small head almost no frequency that tells nearby positions apart;
+    # at 1e4 a 32-dim head with interleaved sections (8, 4, 4) turns 0.56 / 0.32 rad per patch on
+    # the height / width axes: enough for the comparison heads (compare_heads.py) to pick out one
+    # patch, while the slowest pairs still barely turn over a 400-token prompt.
     rope_theta: float = 10_000.0
     vision_depth: int = 2
     vision_hidden: int = 48

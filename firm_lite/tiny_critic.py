@@ -103,7 +103,7 @@ class TrainingRecipe:
     vision_steps: int = 0
     vision_batch_size: int = 16
     vision_lr: float = 1e-3
-    describe_steps: int = 1000
+    describe_steps: int = 2000
     describe_batch_size: int = 16
     describe_lr: float = 3e-3
     steps: int = 1500
@@ -116,6 +116,10 @@ class TrainingRecipe:
     self_seen: bool = False  # FIRM answers say the kind the critic itself sees (``seen_by``)
     frozen_seer: bool = False  # with self_seen: ask a frozen copy made after the describe phase
     threads: int = 1  # torch threads while training: part of the recipe, float sums depend on it
+    compare_heads: bool = True  # wire layer 0 to compare the images patch by patch (compare_heads.py)
+    compare_gain: float = 6.0  # q/k norm gain of the comparison heads: how sharply they attend
+    compare_scale: float = 2.0  # how loud the patch difference they write is
+    freeze_compare: bool = True  # their positional parts get no gradient
 
 
 def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | None = None,
@@ -167,6 +171,9 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
         tokenizer = build_tokenizer(tokenizer_texts() + _GENERIC_TEXTS, dims.bpe_vocab_size)
         processor = build_processor(tokenizer, dims)
         model = Qwen3VLForConditionalGeneration(build_config(tokenizer, dims)).float()
+        wiring = None
+        if recipe.compare_heads:
+            wiring = _wire(model, processor, seed, recipe)
         eos, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
         model.generation_config = GenerationConfig(
             do_sample=False, eos_token_id=[eos, pad], pad_token_id=pad, bos_token_id=pad,
@@ -213,6 +220,7 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
         "recipe": asdict(recipe), "dims": asdict(dims), "data": check["data"], "torch": torch.__version__,
         "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
         "model_sha256": _sha256(out_dir / "model.safetensors"),
+        "comparison_heads": wiring,
         "final_loss": round(training["final_loss"], 5), "train_seconds": round(training["train_seconds"], 1),
         "parse_rate": min(r["parse_rate"] or 0.0 for r in report.values()), "heldout": heldout,
         "heldout_kinds": {k: check["kinds"][k] for k in ("n", "requested", "seen", "score_follows")}}
@@ -223,6 +231,25 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
             "parse_rate": provenance["parse_rate"], "report": report, "kinds": check["kinds"],
             "records": check["records"],
             "provenance": provenance}
+
+
+def _wire(model: Any, processor: Any, seed: int, recipe: TrainingRecipe) -> dict[str, float]:
+    """Wire the comparison heads on the first pairs of the train stream (the warm-up prompt:
+    image positions do not depend on the text after the images)."""
+    from firm_lite.compare_heads import wire_comparison_heads
+    from firm_lite.editset.generator import generate
+    from firm_lite.editset.training import DESCRIBE_PROMPT
+
+    examples = [EditExample("execution", "", item.source_image(), item.edited_image(), 0, "", prompt=DESCRIBE_PROMPT)
+                for item in generate("train", 24, seed=seed)]
+    texts = [processor.apply_chat_template(example_messages(e), tokenize=False, add_generation_prompt=True)
+             for e in examples]
+    batch = processor(text=texts, images=[[e.source, e.edited] for e in examples], padding=True,
+                      padding_side="left", return_tensors="pt")
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    weights = wire_comparison_heads(model, batch, image_token, gain=recipe.compare_gain,
+                                    scale=recipe.compare_scale, freeze=recipe.freeze_compare)
+    return {k: round(v, 4) for k, v in weights.items()}
 
 
 # Instructions of the kind tests and demos send, so the BPE also covers words beyond the edit set.
