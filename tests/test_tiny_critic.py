@@ -195,3 +195,27 @@ def test_expected_error_score_loss_trains_through_describe_batches_mixed_in(tmp_
     summary = build_tiny_critic(tmp_path / "critic", seed=0, steps=8, progress=False, recipe=recipe,
                                 check_pairs_per_mode=1)
     assert math.isfinite(summary["final_loss"]) and summary["provenance"]["recipe"]["score_loss"] == "expected_error"
+
+
+def test_shipped_critic_beats_a_constant_on_held_out_execution_as_recorded():
+    """The shipped weights, scored through the real path on the held-out split, give the MAE its
+    provenance records (one thread, as the build's check ran), and that MAE beats the constant
+    predictor on execution: its execution scores depend on the images."""
+    import torch
+
+    from firm_lite.editset.training import evaluate_critic
+
+    provenance = json.loads((TINY_CRITIC_DIR / PROVENANCE_FILE).read_text("utf-8"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = evaluate_critic(TINY_CRITIC_DIR)["report"]
+    finally:
+        torch.set_num_threads(threads)
+    for mode in MODES:
+        assert report[mode]["mae"] == pytest.approx(provenance["heldout"][mode]["mae"])
+        recorded = provenance["heldout"][mode]["constant_baseline_mae"]
+        assert report[mode]["constant_baseline_mae"] == pytest.approx(recorded)
+    execution = report["execution"]
+    assert execution["mae"] < execution["constant_baseline_mae"] - 0.25
+    assert execution["expected_spread"]["std"] > 0.5
