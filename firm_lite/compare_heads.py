@@ -10,14 +10,12 @@ M-RoPE makes the pattern a fixed one. Image tokens sit at ``(t, h, w) = start + 
 and the next text position after an image is ``start + longest side + 1``, so when both images of
 a pair have the same longest side in merged tokens (the edit set's do: 5), the source token of
 the same patch is at relative position ``(delta, delta, delta)`` from every edited token, with
-``delta`` the same for every pair. A head whose query and key do not depend on the token (they
-read a channel that is the same constant for every token) attends by relative position alone,
-and its rotary frequencies can be chosen to peak at exactly that offset.
+``delta`` the same for every pair. A head whose query and key do not depend on the token (a
+bias, with a zero weight row) attends by relative position alone, and its rotary frequencies can
+be chosen to peak at exactly that offset.
 
 :func:`wire_comparison_heads` sets layer 0's first key/value group that way:
 
-- a constant channel (the last of the residual stream): the token embeddings and the vision
-  merger's bias write the same value there for every text and image token;
 - head 0 attends to the same patch of the other image, head 1 (same keys and values) to itself;
   their query/key directions are fitted (Adam, a fixed number of steps, on pairs rendered by the
   real processor) to put the most attention on those targets, at a query/key-norm gain ``gain``;
@@ -26,8 +24,13 @@ and its rotary frequencies can be chosen to peak at exactly that offset.
   layer 0, an edited-image token carries the normalised difference from its source patch (zero
   where nothing changed), which the rest of the network can pool.
 
-With ``freeze`` the positional parts (query/key rows, q/k norms, the constant channel) get zero
-gradients so training cannot wash the pattern out; everything else trains as usual.
+The queries and keys are biases (the config's ``attention_bias``) behind zero weight rows, not
+weights reading a constant channel: quantizers keep biases in full precision and a zero row at
+zero, whereas GPTQ's error compensation re-spread a constant channel's weight over the content
+channels (the queries then followed the content: garbage answers even at 8 bits), and the q/k
+RMS norms' epsilon shrank a query read from a small channel on loud tokens. With ``freeze`` the
+positional parts (those rows and biases, the q/k norms) get zero gradients so training cannot wash
+the pattern out; everything else trains as usual.
 """
 
 from __future__ import annotations
@@ -106,11 +109,11 @@ def wire_comparison_heads(model: Any, batch: dict[str, Any], image_token_id: int
 
     text = model.config.text_config
     hidden, dim = text.hidden_size, text.head_dim
-    if text.num_attention_heads // text.num_key_value_heads < 2 or 2 * dim > hidden:
-        raise ValueError("comparison heads need two query heads per key/value group and head_dim <= hidden/2")
+    if text.num_attention_heads // text.num_key_value_heads < 2 or 2 * dim > hidden or not text.attention_bias:
+        raise ValueError("comparison heads need attention biases, two query heads per key/value group "
+                         "and head_dim <= hidden/2")
     language, visual = model.model.language_model, model.model.visual
     attention = language.layers[0].self_attn
-    channel = hidden - 1
     targets = image_token_pairs(batch, image_token_id)
     (other_q, self_q), key, (other_weight, self_weight) = fit_positional_heads(
         model, batch, [targets, [[(q, q) for q, _ in row] for row in targets]], gain)
@@ -118,17 +121,13 @@ def wire_comparison_heads(model: Any, batch: dict[str, Any], image_token_id: int
         images = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
         merged = torch.cat(list(getattr(images, "pooler_output", images)), 0)
         level = float(merged.pow(2).mean().sqrt())  # the merged tokens' RMS at initialisation
-        language.embed_tokens.weight[:, channel] = level
         merger = visual.merger.linear_fc2
         merger.weight[:dim] = 0
         merger.bias[:dim] = 0  # image content lives in the upper half of the stream
-        merger.weight[channel] = 0
-        merger.bias[channel] = level
-        for head, direction in ((0, other_q), (1, self_q)):
-            attention.q_proj.weight[head * dim:(head + 1) * dim] = 0
-            attention.q_proj.weight[head * dim:(head + 1) * dim, channel] = direction
+        attention.q_proj.weight[:2 * dim] = 0
+        attention.q_proj.bias[:2 * dim] = torch.cat([other_q, self_q])
         attention.k_proj.weight[:dim] = 0
-        attention.k_proj.weight[:dim, channel] = key
+        attention.k_proj.bias[:dim] = key
         attention.q_norm.weight.fill_(gain)
         attention.k_norm.weight.fill_(gain)
         attention.v_proj.weight[:dim] = 0
@@ -137,13 +136,12 @@ def wire_comparison_heads(model: Any, batch: dict[str, Any], image_token_id: int
         attention.o_proj.weight[:dim, :dim] = -scale * level * torch.eye(dim)
         attention.o_proj.weight[:dim, dim:2 * dim] = scale * level * torch.eye(dim)
     if freeze:
-        keep_rows = lambda n: (lambda grad: torch.cat([torch.zeros_like(grad[:n]), grad[n:]]))  # noqa: E731
-        not_channel = torch.arange(hidden) != channel
-        attention.q_proj.weight.register_hook(keep_rows(2 * dim))
-        attention.k_proj.weight.register_hook(keep_rows(dim))
+        def keep_rows(rows: int) -> Any:
+            return lambda grad: torch.cat([torch.zeros_like(grad[:rows]), grad[rows:]])
+
+        for projection, rows in ((attention.q_proj, 2 * dim), (attention.k_proj, dim)):
+            projection.weight.register_hook(keep_rows(rows))
+            projection.bias.register_hook(keep_rows(rows))
         attention.q_norm.weight.requires_grad_(False)
         attention.k_norm.weight.requires_grad_(False)
-        merger.bias.register_hook(lambda grad: grad * not_channel)
-        merger.weight.register_hook(lambda grad: grad * not_channel[:, None])
-        language.embed_tokens.weight.register_hook(lambda grad: grad * not_channel[None])
     return {"other_patch": other_weight, "self": self_weight}

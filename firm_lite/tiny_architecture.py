@@ -78,6 +78,9 @@ class TinyCriticDims:
     # the height / width axes: enough for the comparison heads (compare_heads.py) to pick out one
     # patch, while the slowest pairs still barely turn over a 400-token prompt.
     rope_theta: float = 10_000.0
+    # Biases on the attention projections (Qwen2-VL's decoder has q/k/v biases; Qwen3-VL-8B has
+    # none): the comparison heads' queries and keys are biases (compare_heads.py).
+    attention_bias: bool = True
     vision_depth: int = 2
     vision_hidden: int = 48
     vision_heads: int = 2
@@ -160,6 +163,7 @@ def build_config(tokenizer: Any, dims: TinyCriticDims) -> Any:
         intermediate_size=dims.text_intermediate, num_hidden_layers=dims.text_layers,
         num_attention_heads=dims.text_heads, num_key_value_heads=dims.text_kv_heads,
         head_dim=dims.text_head_dim, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        attention_bias=dims.attention_bias,
         tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
         rope_parameters={"rope_type": "default", "rope_theta": dims.rope_theta,

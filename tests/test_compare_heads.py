@@ -101,7 +101,7 @@ def test_they_write_the_patch_difference(wired):
 
 def test_training_cannot_move_the_positional_parts(wired):
     processor, model, _, _ = wired
-    dim, hidden = model.config.text_config.head_dim, model.config.text_config.hidden_size
+    dim = model.config.text_config.head_dim
     attention = model.model.language_model.layers[0].self_attn
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     batch = render(processor, [(i.source_image(), i.edited_image()) for i in generate("train", 2)])
@@ -117,10 +117,12 @@ def test_training_cannot_move_the_positional_parts(wired):
     q, k = prefix + "q_proj.weight", prefix + "k_proj.weight"
     assert torch.equal(after[q][:2 * dim], before[q][:2 * dim]) and not torch.equal(after[q], before[q])
     assert torch.equal(after[k][:dim], before[k][:dim]) and not torch.equal(after[k], before[k])
+    for bias, rows in ((prefix + "q_proj.bias", 2 * dim), (prefix + "k_proj.bias", dim)):
+        assert torch.equal(after[bias][:rows], before[bias][:rows]) and not torch.equal(after[bias], before[bias])
+    assert not after[q][:2 * dim].any() and not after[k][:dim].any()  # zero rows: nothing for a quantizer to bend
     assert torch.equal(attention.q_norm.weight, before[prefix + "q_norm.weight"])
-    embed = "model.language_model.embed_tokens.weight"
-    assert torch.equal(after[embed][:, hidden - 1], before[embed][:, hidden - 1])
-    assert not torch.equal(after[embed], before[embed])
+    assert not torch.equal(after["model.language_model.embed_tokens.weight"],
+                           before["model.language_model.embed_tokens.weight"])
 
 
 def test_refuses_a_shape_without_room_for_them(parts):
