@@ -93,9 +93,10 @@ class TrainingRecipe:
        to make the score after "Seen: X" the labels' distribution given what it can see (a local
        edit it cannot see no longer taken as "not done").
 
-    The defaults are the run that is shipped (phase 1, warm-up mixing, ``self_seen``,
-    ``frozen_seer`` and the expected-error ``score_loss`` off: tried, none gave the critic real
-    signal; README, *Edit set and tiny critic*). With the rubric-less prompt in training the
+    The defaults are the run that is shipped: the comparison heads on (``compare_heads``,
+    :mod:`firm_lite.compare_heads`: what first gave the critic real signal), phase 1, warm-up
+    mixing, ``self_seen``, ``frozen_seer`` and the expected-error ``score_loss`` off (tried
+    without the heads, none helped; README, *Edit set and tiny critic*). With the rubric-less prompt in training the
     critic misread the instruction in the full verbatim prompt (held-out "Requested" right 59-80%
     of the time, 97.5% with full prompts only), so ``short_rate`` stays 0.
     """
