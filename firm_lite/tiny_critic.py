@@ -239,14 +239,10 @@ def _wire(model: Any, processor: Any, seed: int, recipe: TrainingRecipe) -> dict
     image positions do not depend on the text after the images)."""
     from firm_lite.compare_heads import wire_comparison_heads
     from firm_lite.editset.generator import generate
-    from firm_lite.editset.training import DESCRIBE_PROMPT
+    from firm_lite.editset.training import describe_inputs
 
-    examples = [EditExample("execution", "", item.source_image(), item.edited_image(), 0, "", prompt=DESCRIBE_PROMPT)
-                for item in generate("train", 24, seed=seed)]
-    texts = [processor.apply_chat_template(example_messages(e), tokenize=False, add_generation_prompt=True)
-             for e in examples]
-    batch = processor(text=texts, images=[[e.source, e.edited] for e in examples], padding=True,
-                      padding_side="left", return_tensors="pt")
+    batch = describe_inputs(processor, [(item.source_image(), item.edited_image())
+                                        for item in generate("train", 24, seed=seed)])
     image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     weights = wire_comparison_heads(model, batch, image_token, gain=recipe.compare_gain,
                                     scale=recipe.compare_scale, freeze=recipe.freeze_compare)

@@ -131,16 +131,21 @@ def pretrain_vision(model: Any, processor: Any, items: Iterable[EditItem], *, st
     return {"final_loss": sum(losses[-20:]) / len(losses[-20:]), "train_seconds": time.perf_counter() - start}
 
 
+def describe_inputs(processor: Any, pairs: list[tuple[Any, Any]]) -> Any:
+    """Processor inputs (left-padded) asking :data:`DESCRIBE_PROMPT` about each (source, edited) pair."""
+    examples = [EditExample("execution", "", src, edited, 0, "", prompt=DESCRIBE_PROMPT) for src, edited in pairs]
+    texts = [processor.apply_chat_template(example_messages(e), tokenize=False, add_generation_prompt=True)
+             for e in examples]
+    return processor(text=texts, images=[[e.source, e.edited] for e in examples], padding=True,
+                     padding_side="left", return_tensors="pt")
+
+
 def seen_by(model: Any, processor: Any, pairs: list[tuple[Any, Any]]) -> list[str | None]:
     """The kind of edit ``model`` names for each (source, edited) pair when asked the warm-up
     question (:data:`DESCRIBE_PROMPT`, greedy); None where its answer is not a known kind."""
     import torch
 
-    examples = [EditExample("execution", "", src, edited, 0, "", prompt=DESCRIBE_PROMPT) for src, edited in pairs]
-    texts = [processor.apply_chat_template(example_messages(e), tokenize=False, add_generation_prompt=True)
-             for e in examples]
-    batch = processor(text=texts, images=[[e.source, e.edited] for e in examples], padding=True,
-                      padding_side="left", return_tensors="pt")
+    batch = describe_inputs(processor, pairs)
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     with torch.no_grad():
         out = model.generate(**batch, do_sample=False, max_new_tokens=12, eos_token_id=eos,
