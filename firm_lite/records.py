@@ -16,6 +16,26 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from firm_lite.cme import CMEWeights, cme
+from firm_lite.errors import PairError
+
+
+def check_text(value: object, what: str) -> str:
+    """``value`` if it is text the tokenizer and the JSON writers can take, else a PairError.
+
+    A ``str`` can hold lone surrogates (``"\\ud800"``: from JSON escapes, pickles, ``errors=
+    "surrogateescape"``) that no UTF-8 encoder accepts; letting one through fails deep inside a
+    tokenizer or a result writer, far from the input that caused it (and, in a shared batch, for
+    other people's items too). So every text that comes in is checked here, at the edge.
+    """
+    if not isinstance(value, str):
+        raise PairError(f"{what} must be a string (got {type(value).__name__})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise PairError(f"{what} is not valid Unicode text: lone surrogate U+{ord(bad):04X} at character "
+                        f"{exc.start}") from None
+    return value
 
 
 @dataclass
