@@ -9,6 +9,7 @@ the others go on.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -19,8 +20,10 @@ from firm_lite.errors import PairError
 from firm_lite.generation import DecodingConfig, generate_answers
 from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS, ImageBudget, load_image
 from firm_lite.prompts import MODES, build_messages
-from firm_lite.records import EditPair, ModeScore, build_record
+from firm_lite.records import EditPair, ModeScore, build_record, check_text
 from firm_lite.sources import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
 
 MAX_INSTRUCTION_CHARS = 4000
 FAST_SUFFIX = "+fast"  # "<variant>+fast": that variant under the fast protocol (calibrate, bench)
@@ -61,14 +64,18 @@ class Critic:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def prepare(self, pair: EditPair) -> tuple[Any, Any]:
-        """Check the instruction and decode both images (raises PairError naming the problem)."""
-        instruction = pair.instruction if isinstance(pair.instruction, str) else ""
+        """Check the pair's texts and decode both images, each once and shrunk to what this
+        critic's budget uses (raises PairError naming the problem)."""
+        check_text(pair.id, "id")
+        instruction = check_text(pair.instruction, f"pair {pair.id}: instruction")
+        check_text(pair.requirement, f"pair {pair.id}: requirement")
         if not instruction.strip():
             raise PairError(f"pair {pair.id}: empty instruction")
         if len(instruction) > MAX_INSTRUCTION_CHARS:
             raise PairError(f"pair {pair.id}: instruction is {len(instruction)} characters "
                              f"(limit {MAX_INSTRUCTION_CHARS})")
-        return (load_image(pair.source, self.max_image_pixels), load_image(pair.edited, self.max_image_pixels))
+        return (load_image(pair.source, self.max_image_pixels, self.budget),
+                load_image(pair.edited, self.max_image_pixels, self.budget))
 
     @property
     def uses_engine(self) -> bool:
@@ -105,6 +112,24 @@ class Critic:
                                              self.budget, self.decoding)
         return out
 
+    def score_isolated(self, items: list[tuple[EditPair, Any, Any]], modes: Iterable[str] = MODES
+                       ) -> list[dict[str, ModeScore] | Exception]:
+        """:meth:`score_modes` where one item cannot fail the others: if the batch raises, its
+        items are scored one by one and only the guilty item gets the exception (servers
+        co-batch different clients; a manifest row must not abort the run)."""
+        modes = tuple(modes)
+        try:
+            out = self.score_modes(items, modes)
+            return [{m: out[m][k] for m in modes} for k in range(len(items))]
+        except Exception as exc:  # noqa: BLE001 - isolated below; a lone item's failure is returned
+            if len(items) == 1:
+                log.warning("scoring pair %r failed: %s: %s", items[0][0].id, type(exc).__name__, exc,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
+                return [exc]
+            log.warning("a batch of %d items failed (%s: %s); scoring them one by one", len(items),
+                        type(exc).__name__, exc)
+        return [result for item in items for result in self.score_isolated([item], modes)]
+
     def score(self, pairs: Iterable[EditPair], batch_size: int = 4,
               on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Score pairs; returns records in input order (``on_record`` sees each as it is done)."""
@@ -132,10 +157,15 @@ class Critic:
             except PairError as exc:
                 records[i] = build_record(pair.id, self.context, None, None, self.weights, error=str(exc))
         if ready:
-            scored = self.score_modes([item for _, item in ready])
-            for k, (i, (pair, _, _)) in enumerate(ready):
-                records[i] = build_record(pair.id, self.context, scored["execution"][k],
-                                          scored["consistency"][k], self.weights)
+            scored = self.score_isolated([item for _, item in ready])
+            for (i, (pair, _, _)), result in zip(ready, scored, strict=True):
+                if isinstance(result, Exception):
+                    records[i] = build_record(pair.id, self.context, None, None, self.weights,
+                                              error=f"pair {pair.id}: scoring failed "
+                                                    f"({type(result).__name__}: {result})")
+                else:
+                    records[i] = build_record(pair.id, self.context, result["execution"],
+                                              result["consistency"], self.weights)
         for i in range(len(batch)):
             if on_record:
                 on_record(records[i])

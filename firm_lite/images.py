@@ -9,8 +9,13 @@ bytes (the reward server), so a score does not depend on which door the image ca
 - CMYK, palette and grey images are converted to RGB with Pillow;
 - alpha (RGBA, LA, palette transparency) is flattened by compositing onto opaque white, as
   ``qwen_vl_utils.to_rgb`` does for Qwen-VL models;
-- empty, truncated and non-image files, and images over ``max_image_pixels`` (decompression
-  bombs), are refused with an :class:`~firm_lite.errors.ImageError` naming the input.
+- empty, truncated and non-image files, files that are not regular files (devices, FIFOs),
+  formats outside :data:`ALLOWED_FORMATS` and images over ``max_image_pixels`` (decompression
+  bombs) are refused with an :class:`~firm_lite.errors.ImageError` naming the input;
+- memory is bounded by design: files are read by Pillow as it decodes (never slurped first), each
+  image is decoded once, and given the critic's budget an image much larger than the budget uses
+  is shrunk while decoding (:func:`reduce_factor`), so at most one full-size decode exists at a
+  time and what is kept is sized by the budget.
 
 :class:`ImageBudget` is the Qwen3-VL processor's min/max pixel range. It decides how many image
 tokens an image becomes, so it is explicit, configurable and written into every output record:
@@ -20,6 +25,7 @@ a different budget changes scores, and must not be mistaken for quantization dri
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +34,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 64 MP: larger inputs are refused as possible bombs.
+# 64 MP: about 4x the largest budget the Qwen3-VL processor can use at all (16,777,216 pixels =
+# 16,384 image tokens), i.e. twice its largest side on both axes. A bigger image carries detail no
+# budget keeps, so refusing it loses nothing, and it bounds one transient decode at 64 MP x 4
+# bytes (RGBA) = 256 MB. Images are decoded one at a time and shrunk at once (see load_image).
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_ASPECT_RATIO = 200  # the Qwen-VL resizer refuses more extreme shapes
 BACKGROUND = (255, 255, 255)
+ORIENTATION_TAG = 0x0112
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"})
+# What edit images come as. Pillow's other plugins stay off: EPS/PS shell out to Ghostscript, and
+# rarely used decoders are attack surface for no user's benefit. MPO is how phones save JPEGs.
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -134,54 +149,135 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def load_image(source: ImageInput, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode ``source`` (path, bytes or PIL image) into an RGB image, or raise ImageError."""
+def _read_regular_file(path: Path, name: str) -> Any:
+    """An open binary file for ``path``, refusing anything that is not a regular file: a device
+    (``/dev/zero`` never ends), a FIFO (opening blocks until a writer comes) or a folder."""
+    from firm_lite.errors import ImageError
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{name}: file not found") from None
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{name}: is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{name}: not a regular file (a device, FIFO or socket); give an image file")
+    if st.st_size == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read ({exc.strerror})") from None
+
+
+def reduce_factor(width: int, height: int, budget: ImageBudget | None) -> int:
+    """The integer factor an image can be shrunk by before the processor sees it, losing nothing
+    the budget keeps: the result stays at least twice the size the processor resizes it to on both
+    sides (so its antialiased resize still averages real pixels). 1 means 'decode as is'."""
+    if budget is None:
+        return 1
+    factor = budget.patch_size * budget.merge_size
+    th, tw = _smart_resize(height, width, factor, budget.min_pixels, budget.max_pixels)
+    return max(1, min(width // (2 * tw), height // (2 * th)))
+
+
+def _open(fp: Any, name: str, max_image_pixels: int) -> Image.Image:
+    """Pillow's lazy open (header only) with the guards that need no pixel data."""
+    from firm_lite.errors import ImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(fp, formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image firm-lite reads ({', '.join(ALLOWED_FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: image is too large (decompression bomb guard)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: broken or truncated image ({exc})") from None
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    if width * height > max_image_pixels:
+        raise ImageError(f"{name}: {width}x{height} is over the {max_image_pixels:,}-pixel limit (possible "
+                         "decompression bomb); raise --max-image-pixels if you trust it")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageError(f"{name}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1, which "
+                         "the Qwen-VL image processor refuses")
+    return im
+
+
+def probe_image(source: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of encoded image bytes from the header alone (no pixel is decoded), or
+    the ImageError :func:`load_image` would raise for the size guards. For servers: refuse early
+    and estimate what decoding will cost before queueing."""
+    im = _open(io.BytesIO(source), _describe(source), max_image_pixels)
+    try:
+        return im.size
+    finally:
+        im.close()
+
+
+def load_image(source: ImageInput, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               budget: ImageBudget | None = None) -> Image.Image:
+    """Decode ``source`` (path, bytes or PIL image) into an RGB image, or raise ImageError.
+
+    With ``budget``, an image much larger than the budget keeps is shrunk while it is decoded
+    (JPEG: decoded at 1/2, 1/4 or 1/8 scale; others: box-reduced right after decoding) by
+    :func:`reduce_factor`, so what stays in memory is bounded by the budget, not by the file.
+    """
     from firm_lite.errors import ImageError
 
     name = _describe(source)
     if isinstance(source, Image.Image):
-        im = source
-    else:
-        if isinstance(source, (bytes, bytearray)):
-            data = bytes(source)
-        else:
-            path = Path(source)
-            if not path.exists():
-                raise ImageError(f"{name}: file not found")
-            if path.is_dir():
-                raise ImageError(f"{name}: is a folder, not an image file")
-            data = path.read_bytes()
-        if not data:
+        return _finish(source, owned=False)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
             raise ImageError(f"{name}: empty file (0 bytes)")
+        fp: Any = io.BytesIO(source)
+    else:
+        fp = _read_regular_file(Path(source), name)
+    try:
+        im = _open(fp, name, max_image_pixels)
+        factor = reduce_factor(*im.size, budget)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(data))
-                width, height = im.size
-                if width * height > max_image_pixels:
-                    raise ImageError(f"{name}: {width}x{height} is over the {max_image_pixels:,}-pixel "
-                                     "limit (possible decompression bomb); raise --max-image-pixels "
-                                     "if you trust it")
-                im.seek(0)
-                im.load()
-        except ImageError:
-            raise
-        except UnidentifiedImageError:
-            raise ImageError(f"{name}: not an image Pillow can read") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{name}: image is too large (decompression bomb guard)") from None
+            im.seek(0)
+            if factor > 1 and im.format == "JPEG":
+                w, h = im.size
+                im.draft("RGB", (w // factor, h // factor))  # DCT scaling: never decodes the full size
+                factor = reduce_factor(*im.size, budget)
+            im.load()
+            if factor > 1:
+                if im.mode not in REDUCIBLE_MODES:  # palette, 1-bit, 16-bit: convert first
+                    im = to_rgb(im)
+                im = im.reduce(factor)  # the full-size decode is dropped here
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(f"{name}: broken or truncated image ({exc})") from None
+        except Image.DecompressionBombError:
+            raise ImageError(f"{name}: image is too large (decompression bomb guard)") from None
+    finally:
+        fp.close()
+    return _finish(im, owned=True)
+
+
+def _finish(im: Image.Image, owned: bool) -> Image.Image:
+    """EXIF orientation and RGB conversion, without a second full copy when nothing changes."""
+    from firm_lite.errors import ImageError
+
     width, height = im.size
     if width < 1 or height < 1:
-        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise ImageError(f"{name}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO}:1, which "
-                         "the Qwen-VL image processor refuses")
+        raise ImageError(f"<PIL image>: image has no pixels ({width}x{height})")
     try:
-        im = ImageOps.exif_transpose(im)
+        orientation = im.getexif().get(ORIENTATION_TAG, 1)
     except (OSError, ValueError, SyntaxError):
-        pass  # unreadable EXIF: keep the stored orientation rather than fail the pair
+        orientation = 1  # unreadable EXIF: keep the stored orientation rather than fail the pair
+    if orientation != 1:
+        try:
+            im = ImageOps.exif_transpose(im, in_place=False)
+        except (OSError, ValueError, SyntaxError):
+            pass
     return to_rgb(im)
 
 
