@@ -44,8 +44,8 @@ BACKGROUND = (255, 255, 255)
 ORIENTATION_TAG = 0x0112
 REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"})
 # What edit images come as. Pillow's other plugins stay off: EPS/PS shell out to Ghostscript, and
-# rarely used decoders are attack surface for no user's benefit. MPO is how phones save JPEGs.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# rarely used decoders are attack surface for no user's benefit. (Phones' MPO files open as JPEG.)
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -187,6 +187,7 @@ def _open(fp: Any, name: str, max_image_pixels: int) -> Image.Image:
     """Pillow's lazy open (header only) with the guards that need no pixel data."""
     from firm_lite.errors import ImageError
 
+    Image.init()  # registers every plugin once, so each allowed format can be named below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -244,7 +245,7 @@ def load_image(source: ImageInput, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIX
         factor = reduce_factor(*im.size, budget)
         try:
             im.seek(0)
-            if factor > 1 and im.format == "JPEG":
+            if factor > 1 and im.format in ("JPEG", "MPO"):
                 w, h = im.size
                 im.draft("RGB", (w // factor, h // factor))  # DCT scaling: never decodes the full size
                 factor = reduce_factor(*im.size, budget)

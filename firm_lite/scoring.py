@@ -7,14 +7,16 @@ Scores a single pair or a JSONL manifest with one loaded critic, appends records
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from firm_lite.cme import CMEWeights
+from firm_lite.errors import PairError
 from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
-from firm_lite.manifest import ManifestRow, ResultWriter, read_manifest, read_results
-from firm_lite.records import EditPair, build_record
+from firm_lite.manifest import ManifestRow, ResultIndex, ResultWriter, read_manifest, read_results
+from firm_lite.records import EditPair, build_record, check_text
 from firm_lite.sources import DEFAULT_MODEL
 
 
@@ -96,6 +98,10 @@ def score(*, source: str | Path | None = None, edited: str | Path | None = None,
                    if v is None]
         if missing:
             raise UserError(f"missing {', '.join(missing)} (or pass --manifest FILE.jsonl)")
+        try:
+            check_text(pair_id, "--id")
+        except PairError as exc:
+            raise UserError(str(exc)) from None
         rows = [ManifestRow(0, pair_id, EditPair(pair_id, Path(source), Path(edited), instruction, requirement))]
     else:
         rows = list(read_manifest(manifest))
@@ -106,48 +112,68 @@ def score(*, source: str | Path | None = None, edited: str | Path | None = None,
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
-    done = read_results(out) if out else {}
-    todo = []
+    done = read_results(out) if out else ResultIndex()
     run = ScoreRun()
+    todo = []
     for row in rows:
-        prev = done.get(row.id)
-        if prev is not None and not (retry_errors and prev.get("error")):
+        if row.pair is None:  # a row that cannot be scored: record its error once
+            already = (row.id, row.error) in done.errors
+        else:
+            prev = done.get(row.id)
+            already = prev is not None and not (retry_errors and prev.get("error"))
+        if already:
             run.skipped += 1
             continue
         todo.append(row)
 
-    critic = load_critic(model=model, variant=variant, device=device, dtype=dtype, min_pixels=min_pixels,
-                         max_pixels=max_pixels, max_new_tokens=max_new_tokens, weights=weights,
-                         max_image_pixels=max_image_pixels, protocol=protocol)
-    from firm_lite.calibration.gate import calibration_warning
-
-    drift_warning = calibration_warning(critic.provenance.get("variant_folder"))
-    if drift_warning:
-        print(drift_warning, file=sys.stderr)
-    run.provenance = run_provenance(critic)
-    writer = ResultWriter(out) if out else None
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="pair", file=sys.stderr, desc="scoring")
-
-    def emit(record: dict[str, Any]) -> None:
-        run.records.append(record)
-        if writer:
-            writer.write(record)
-        if bar:
-            bar.update(1)
-
+    writer = ResultWriter(out) if out else None  # a bad --out fails here, before minutes of loading
     try:
-        for row in todo:
-            if row.pair is None:
-                emit(build_record(row.id, critic.context, None, None, weights, error=row.error))
-        for _ in critic.iter_score((r.pair for r in todo if r.pair is not None), batch_size, emit):
-            pass
+        critic = load_critic(model=model, variant=variant, device=device, dtype=dtype, min_pixels=min_pixels,
+                             max_pixels=max_pixels, max_new_tokens=max_new_tokens, weights=weights,
+                             max_image_pixels=max_image_pixels, protocol=protocol)
+        from firm_lite.calibration.gate import calibration_warning
+
+        drift_warning = calibration_warning(critic.provenance.get("variant_folder"))
+        if drift_warning:
+            print(drift_warning, file=sys.stderr)
+        run.provenance = run_provenance(critic)
+        bar = None
+        if progress and todo:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="pair", file=sys.stderr, desc="scoring")
+
+        def emit(record: dict[str, Any]) -> None:
+            run.records.append(record)
+            if writer:
+                writer.write(record)
+            if bar:
+                bar.update(1)
+
+        try:
+            for chunk in _chunks(todo, batch_size):
+                scored = iter(critic.score([r.pair for r in chunk if r.pair is not None], batch_size))
+                for row in chunk:  # manifest order: a duplicate's error row never precedes its original
+                    emit(next(scored) if row.pair is not None
+                         else build_record(row.id, critic.context, None, None, weights, error=row.error))
+        finally:
+            if bar:
+                bar.close()
     finally:
-        if bar:
-            bar.close()
         if writer:
             writer.close()
     return run
+
+
+def _chunks(rows: list[ManifestRow], batch_size: int) -> Iterator[list[ManifestRow]]:
+    """Rows in order, cut after every ``batch_size`` scorable pairs (error rows ride along)."""
+    chunk: list[ManifestRow] = []
+    pairs = 0
+    for row in rows:
+        chunk.append(row)
+        pairs += row.pair is not None
+        if pairs == batch_size:
+            yield chunk
+            chunk, pairs = [], 0
+    if chunk:
+        yield chunk
