@@ -183,6 +183,13 @@ def reduce_factor(width: int, height: int, budget: ImageBudget | None) -> int:
     return max(1, min(width // (2 * tw), height // (2 * th)))
 
 
+def kept_bytes(width: int, height: int, budget: ImageBudget | None) -> int:
+    """Bytes of the RGB image :func:`load_image` keeps for a width x height input (for servers
+    that budget memory before decoding): at most ~4x the budget's max_pixels x 3 bytes."""
+    factor = reduce_factor(width, height, budget)
+    return (width // factor) * (height // factor) * 3
+
+
 def _open(fp: Any, name: str, max_image_pixels: int) -> Image.Image:
     """Pillow's lazy open (header only) with the guards that need no pixel data."""
     from firm_lite.errors import ImageError
