@@ -8,11 +8,20 @@ import io
 import os
 import pickle
 import pickletools
+import resource
+import struct
+import time
 from pathlib import Path
 
 import pytest
 
-from firm_lite.server.safe_pickle import UnsafePickleError, _PlainDataUnpickler, dumps_plain, safe_loads
+from firm_lite.server.safe_pickle import (
+    UnsafePickleError,
+    _PlainDataUnpickler,
+    check_plain,
+    dumps_plain,
+    safe_loads,
+)
 
 SERVER_DIR = Path(__file__).resolve().parents[1] / "firm_lite" / "server"
 
@@ -144,3 +153,73 @@ def test_no_server_module_unpickles_with_plain_pickle() -> None:
         assert "pickle.loads(" not in src and "pickle.load(" not in src, path.name
         if path.name != "safe_pickle.py":
             assert "Unpickler" not in src, path.name
+
+
+# -- every size an opcode can ask for is bounded (issue 14, rows 2 and 9) ----------------------------
+
+MEMO_BOMB = b"\x80\x04]r" + struct.pack("<I", 2**28) + b"."  # 9 bytes that asked CPython for 4 GiB
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    (MEMO_BOMB, "memo index 268,435,456"),
+    (b"\x80\x04]r" + struct.pack("<I", 2**32 - 1) + b".", "memo index 4,294,967,295"),
+    (b"(lp100000000000000000000\n.", "memo index 100,000,000,000,000,000,000"),  # was OverflowError -> 500
+    (b"(lp1e20\n.", "is not a number"),
+    (b"\x80\x04h\x05.", "never stored"),
+    (b"F" + b"1" * 5_000_000 + b"\n.", "longer than 64 characters"),  # was OverflowError -> 500
+    (b"I" + b"1" * 5_000_000 + b"\n.", "longer than 4,302 characters"),
+    (b"\x80\x04\x8b" + struct.pack("<i", 10**8) + b"\x01" * 16 + b".", "integer of 100,000,000 bytes"),
+    (b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"x.", "asks for 1,099,511,627,776 bytes"),
+    (b"\x80\x04\x8d" + struct.pack("<Q", 2**63) + b"x.", "BINUNICODE8 asks for"),
+    (b"\x80\x04B" + struct.pack("<I", 2**31) + b"x.", "BINBYTES asks for"),
+    (b"T" + struct.pack("<i", -5) + b"abc.", "BINSTRING asks for -5 bytes"),
+    (b"\x80\x04\x95" + struct.pack("<Q", 2**60) + b"N.", "FRAME of 1,152,921,504,606,846,976 bytes"),
+    (b"\x80\x04N", "ends before the STOP opcode"),
+])
+def test_sizes_the_body_asks_for_are_bounded_before_anything_is_built(body: bytes, needle: str) -> None:
+    before = _peak_rss_mb()
+    started = time.perf_counter()
+    with pytest.raises(UnsafePickleError) as err:
+        safe_loads(body)
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+    assert time.perf_counter() - started < 2.0
+    assert _peak_rss_mb() - before < 64  # the 9-byte memo bomb alone used to cost 4.96 GB
+
+
+def test_memo_that_a_real_pickler_writes_still_loads() -> None:
+    shared = [b"jpeg"] * 3
+    data = {"images": shared, "ref_images": shared, "prompts": ["a"] * 3, "meta": [{"k": shared}] * 200}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        body = pickle.dumps(data if protocol >= 3 else {"a": [["x"] * 3] * 300}, protocol=protocol)
+        assert any(op.name.endswith("PUT") or op.name == "MEMOIZE" for op, _, _ in pickletools.genops(body))
+        safe_loads(body)
+    assert check_plain(pickle.dumps(list(range(300)) * 2)) is None
+
+
+def test_only_refusals_come_out_of_mutated_pickles() -> None:
+    """A seeded fuzz: flipped, dropped and inserted bytes give a refusal or plain data, never another
+    exception (which the app would answer with a 500)."""
+    import random
+
+    rng = random.Random(14)
+    bases = [pickle.dumps(reference_like(with_bytes=p >= 3), protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+    for _ in range(5000):
+        body = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(body))
+            roll = rng.random()
+            if roll < 0.5:
+                body[at] = rng.randrange(256)
+            elif roll < 0.75:
+                del body[at]
+            else:
+                body.insert(at, rng.randrange(256))
+        try:
+            safe_loads(bytes(body))
+        except UnsafePickleError:
+            pass
