@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from firm_lite.artifact import calibration_warning
 from firm_lite.cme import CMEWeights
 from firm_lite.errors import PairError
 from firm_lite.generation import DecodingConfig, generate_answers
@@ -198,25 +200,27 @@ def load_critic(model: str = DEFAULT_MODEL, variant: str = "default", device: st
             return _view(_CACHE[key], engine, protocol)
         from firm_lite.device import dtype_name, resolve_device, resolve_dtype
         from firm_lite.sources import resolve_model
-        from firm_lite.variants import LoadRequest, resolve_variant
+        from firm_lite.variants.registry import LoadRequest, resolve_variant
 
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         choice = None
         if variant == "auto":  # the most accurate variant that fits this device's free memory
-            import sys
-
             from firm_lite.plan import auto_image_size, choose_variant
 
             variant, choice = choose_variant(model, dev, image_size=auto_image_size(max_pixels))
-            print(choice, file=sys.stderr)
+            log.info("%s", choice)
         spec, folder = resolve_variant(variant)
         # An exported folder carries its own config and processor: unless --model names another
         # checkpoint it is its own source (no hub lookup for weights the backend does not use).
         source = resolve_model(str(folder) if folder is not None and model == DEFAULT_MODEL else model,
                                revision=revision)
-        loaded_model, processor = spec.load(LoadRequest(source=source, device=dev, dtype=torch_dtype,
-                                                        folder=folder))
+        with _no_weight_loading_bar():
+            loaded_model, processor = spec.load(LoadRequest(source=source, device=dev, dtype=torch_dtype,
+                                                            folder=folder))
+        drift_warning = calibration_warning(folder)
+        if drift_warning:  # said once per load: a score from an ungated variant must not pass unnoticed
+            log.warning("%s", drift_warning)
         budget = ImageBudget.from_processor(processor, min_pixels, max_pixels)
         label = str(folder) if folder else (f"{spec.name}:{dtype_name(torch_dtype)}"
                                             if spec.name == "default" else spec.name)
@@ -226,9 +230,24 @@ def load_critic(model: str = DEFAULT_MODEL, variant: str = "default", device: st
                         weights=weights or CMEWeights(), max_image_pixels=max_image_pixels,
                         provenance={"source": source.as_record(), "variant_family": spec.family,
                                     "variant_folder": str(folder) if folder else None,
-                                    "variant_choice": choice})
+                                    "variant_choice": choice, "drift_warning": drift_warning})
         _CACHE[key] = critic
         return _view(critic, engine, protocol)
+
+
+@contextmanager
+def _no_weight_loading_bar() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar for a step that takes seconds from a local
+    folder; it is noise on a scoring run's screen. Downloads (resolve_model) keep their bars."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _view(critic: Critic, engine: str, protocol: str) -> Critic:

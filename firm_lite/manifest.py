@@ -162,6 +162,14 @@ class ResultIndex(dict):
         self.errors: set[tuple[str, str]] = set()
 
 
+def label_of(extra: dict[str, Any] | None, mode: str) -> int | None:
+    """A manifest row's label for ``mode`` (from ``ManifestRow.extra``), or None if it has none."""
+    labels = (extra or {}).get("labels") or {}
+    value = labels.get(mode)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+
 def read_results(path: str | Path) -> ResultIndex:
     """Records already in a result file, one per id: the last successful record, else the last
     error record (a success is never hidden by a later error row for the same id, e.g. a

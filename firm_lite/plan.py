@@ -133,7 +133,7 @@ def inventory(model: str = DEFAULT_MODEL) -> Inventory:
 
 def module_group(name: str) -> str | None:
     """Which recipe module group a module/parameter name belongs to (None: norms, rotary, ...)."""
-    from firm_lite.export.recipes import MODULE_GROUPS
+    from firm_lite.recipes import MODULE_GROUPS
 
     for group, prefix in MODULE_GROUPS.items():
         if name == prefix or name.startswith(prefix + "."):
@@ -230,9 +230,8 @@ def activation_bytes(inv: Inventory, image_size: tuple[int, int], dtype_bytes: i
 def _candidates() -> list[tuple[str, str, Any, int | None]]:
     """(variant, how to get it, recipe or None, bytes of the kept parts or None = the run dtype),
     in accuracy order. Exported recipes keep their parts in the recipe's dtype."""
-    from firm_lite.export.recipes import load_recipe, shipped_recipes
-    from firm_lite.variants import registry
-    from firm_lite.variants.bnb import LOAD_TIME_RECIPES
+    from firm_lite.recipes import LOAD_TIME_RECIPES, load_recipe, shipped_recipes
+    from firm_lite.variants.registry import registry
 
     rows: list[tuple[int, str, str, Any, int | None]] = []
     for spec in registry().values():

@@ -131,11 +131,6 @@ def score(*, source: str | Path | None = None, edited: str | Path | None = None,
         critic = load_critic(model=model, variant=variant, device=device, dtype=dtype, min_pixels=min_pixels,
                              max_pixels=max_pixels, max_new_tokens=max_new_tokens, weights=weights,
                              max_image_pixels=max_image_pixels, protocol=protocol)
-        from firm_lite.calibration.gate import calibration_warning
-
-        drift_warning = calibration_warning(critic.provenance.get("variant_folder"))
-        if drift_warning:
-            print(drift_warning, file=sys.stderr)
         run.provenance = run_provenance(critic)
         bar = None
         if progress and todo:

@@ -32,9 +32,10 @@ class ModelSource:
 
 
 def tiny_critic_dir() -> Path:
-    from firm_lite.tiny_critic import TINY_CRITIC_DIR
+    """The shipped tiny critic (package data, built by ``python -m firm_lite.dev.tiny_critic``)."""
+    from importlib import resources
 
-    return Path(TINY_CRITIC_DIR)
+    return Path(str(resources.files("firm_lite") / "assets" / "tiny-critic"))
 
 
 def _folder_revision(path: Path) -> str | None:
@@ -61,7 +62,7 @@ def resolve_model(model: str = DEFAULT_MODEL, revision: str | None = None,
         path = tiny_critic_dir()
         if not (path / "config.json").exists():
             raise UserError(f"the tiny critic is missing from {path}: rebuild it with "
-                            "`python -m firm_lite.tiny_critic`")
+                            "`python -m firm_lite.dev.tiny_critic`")
         return ModelSource(model_id="firm-lite/tiny-critic", path=path, revision=_folder_revision(path))
     local = Path(model).expanduser()
     if local.exists():

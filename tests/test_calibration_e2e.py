@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from firm_lite.artifact import calibration_warning
 from firm_lite.calibration import gate
 from firm_lite.calibration.runner import calibrate
 
@@ -25,7 +26,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six varied synthetic edits (the kind the tiny critic was trained on), with labels."""
     import numpy as np
 
-    from firm_lite.tiny_critic import synthetic_pair
+    from firm_lite.dev.editset.synthetic import synthetic_pair
 
     folder = tmp_path_factory.mktemp("editset")
     rng = np.random.default_rng(7)
@@ -45,8 +46,8 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _exported_copy(dest: Path) -> Path:
     """An 'exported variant' folder for the tiny critic, loaded by a test-only folder backend."""
     from firm_lite.sources import tiny_critic_dir
-    from firm_lite.variants import VariantSpec, register, registry
     from firm_lite.variants.reference import load_reference
+    from firm_lite.variants.registry import VariantSpec, register, registry
 
     if "test-folder" not in registry():
         register(VariantSpec("test-folder", "test", "test only: an fp32 copy in a folder", load_reference,
@@ -122,7 +123,7 @@ def test_interrupted_export_calibration_resumes_and_records_its_verdict(
     from firm_lite.calibration import collect
 
     folder = _exported_copy(tmp_path / "variant")
-    assert "never calibrated" in gate.calibration_warning(folder)
+    assert "never calibrated" in calibration_warning(folder)
     real, calls = collect._forced, {"n": 0}
 
     def interrupt_on_fourth(*args):  # noqa: ANN002
@@ -148,19 +149,19 @@ def test_interrupted_export_calibration_resumes_and_records_its_verdict(
     assert record["passed"] is True and record["manifest"]["sha256"] == run.result["manifest"]["sha256"]
     assert record["thresholds"]["table"] == "default" and "max_flip_rate" in record["thresholds"]["limits"]
     assert record["metrics"]["execution"]["flip_rate"] == 0.0
-    assert gate.calibration_warning(folder) is None
+    assert calibration_warning(folder) is None
 
 
-def test_score_warns_for_uncalibrated_and_failed_variants(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_score_warns_for_uncalibrated_and_failed_variants(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from firm_lite.scoring import score
 
     folder = _exported_copy(tmp_path / "variant")
     score(model="tiny", variant=str(folder), device="cpu", demo=True, max_new_tokens=64)
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("firm_lite")]
     assert len(lines) == 1 and "never calibrated" in lines[0] and str(folder) in lines[0]
 
     gate.record_verdict(folder, {"passed": False, "failures": ["consistency flip_rate 0.5 > 0.25"],
                                  "created": "2026-01-02T00:00:00+00:00"})
-    warning = gate.calibration_warning(folder)
+    warning = calibration_warning(folder)
     assert "FAILED calibration on 2026-01-02" in warning and "flip_rate 0.5 > 0.25" in warning
     assert json.loads((folder / "firm_lite_variant.json").read_text())["backend"] == "test-folder"

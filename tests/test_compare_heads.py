@@ -1,4 +1,4 @@
-"""The tiny critic's comparison heads (firm_lite.compare_heads): where they attend, what they
+"""The tiny critic's comparison heads (firm_lite.dev.compare_heads): where they attend, what they
 write, what training may not change."""
 
 from __future__ import annotations
@@ -8,18 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from firm_lite.compare_heads import image_token_pairs, wire_comparison_heads
-from firm_lite.editset.generator import generate
-from firm_lite.editset.photos import SHAPES
-from firm_lite.tiny_architecture import TinyCriticDims, build_config, build_processor, build_tokenizer
-from firm_lite.tiny_critic import EditExample, example_messages
+from firm_lite.dev.compare_heads import image_token_pairs, wire_comparison_heads
+from firm_lite.dev.editset.generator import generate
+from firm_lite.dev.editset.photos import SHAPES
+from firm_lite.dev.examples import EditExample, example_messages
+from firm_lite.dev.tiny_architecture import TinyCriticDims, build_config, build_processor, build_tokenizer
 
 
 @pytest.fixture(scope="module")
 def parts():
     from transformers import Qwen3VLForConditionalGeneration
 
-    from firm_lite.editset.training import tokenizer_texts
+    from firm_lite.dev.editset.training import tokenizer_texts
 
     dims = TinyCriticDims()
     tokenizer = build_tokenizer(tokenizer_texts(), dims.bpe_vocab_size)
@@ -128,7 +128,7 @@ def test_training_cannot_move_the_positional_parts(wired):
 def test_refuses_a_shape_without_room_for_them(parts):
     from transformers import Qwen3VLForConditionalGeneration
 
-    from firm_lite.editset.training import tokenizer_texts
+    from firm_lite.dev.editset.training import tokenizer_texts
 
     dims = TinyCriticDims(text_heads=2, text_kv_heads=2, text_head_dim=16, mrope_section=(4, 2, 2))
     tokenizer = build_tokenizer(tokenizer_texts(), dims.bpe_vocab_size)

@@ -12,12 +12,12 @@ from PIL import Image
 
 pytest.importorskip("skimage")
 
-from firm_lite.editset import families as fam  # noqa: E402
-from firm_lite.editset.generator import decode_jpeg, encode_jpeg, generate, iter_items, make_group  # noqa: E402
-from firm_lite.editset.labels import consistency_label, description, execution_label, labels_for, rationale  # noqa: E402
-from firm_lite.editset.metrics import editset_report, mae_by_mode, read_labels  # noqa: E402
-from firm_lite.editset.photos import SHAPES, photos_for, random_crop, render_crop  # noqa: E402
-from firm_lite.editset.store import REPO_CALIBRATION_DIR, SplitSpec, ensure_editset, read_header, write_split  # noqa: E402
+from firm_lite.dev.editset import families as fam  # noqa: E402
+from firm_lite.dev.editset.generator import decode_jpeg, encode_jpeg, generate, iter_items, make_group  # noqa: E402
+from firm_lite.dev.editset.labels import consistency_label, description, execution_label, labels_for, rationale  # noqa: E402
+from firm_lite.dev.editset.metrics import editset_report, mae_by_mode, read_labels  # noqa: E402
+from firm_lite.dev.editset.photos import SHAPES, photos_for, random_crop, render_crop  # noqa: E402
+from firm_lite.dev.editset.store import REPO_CALIBRATION_DIR, SplitSpec, ensure_editset, read_header, write_split  # noqa: E402
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -221,7 +221,7 @@ def test_report_mae_parse_rate_and_worst_items() -> None:
 # ---- training data and the retraining command --------------------------------------------------
 
 def test_kind_accuracy_separates_reading_seeing_and_acting() -> None:
-    from firm_lite.editset.metrics import kind_accuracy
+    from firm_lite.dev.editset.metrics import kind_accuracy
 
     tint = {"family": "tint", "outcome": "full", "applied": {"family": "tint"}}
     noop = {"family": "blur", "outcome": "none", "applied": None}
@@ -241,7 +241,7 @@ def test_kind_accuracy_separates_reading_seeing_and_acting() -> None:
 
 
 def test_short_prompt_keeps_preamble_instruction_and_output_format() -> None:
-    from firm_lite.editset.training import short_prompt
+    from firm_lite.dev.editset.training import short_prompt
     from firm_lite.prompts import render_prompt
 
     for mode in ("execution", "consistency"):
@@ -252,7 +252,7 @@ def test_short_prompt_keeps_preamble_instruction_and_output_format() -> None:
 
 
 def test_training_batches_are_single_mode_paired_and_deterministic() -> None:
-    from firm_lite.editset.training import training_batches
+    from firm_lite.dev.editset.training import training_batches
 
     def take(seed: int) -> list[list]:
         stream = training_batches(seed, batch_size=2, short_rate=0.5)
@@ -268,7 +268,7 @@ def test_training_batches_are_single_mode_paired_and_deterministic() -> None:
 
 
 def test_firm_stream_can_interleave_warm_up_batches_and_say_what_a_seer_sees() -> None:
-    from firm_lite.editset.training import DESCRIBE_PROMPT, training_batches
+    from firm_lite.dev.editset.training import DESCRIBE_PROMPT, training_batches
 
     calls: list[int] = []
 
@@ -291,7 +291,7 @@ def test_vision_pre_training_moves_the_tower_only() -> None:
     import torch
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from firm_lite.editset.training import pretrain_vision
+    from firm_lite.dev.editset.training import pretrain_vision
     from firm_lite.sources import tiny_critic_dir
 
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_critic_dir())
@@ -310,7 +310,7 @@ def test_expected_error_loss_puts_the_score_on_the_median_where_cross_entropy_pi
     is the commonest label (5), the expected absolute error's is their median (3)."""
     import torch
 
-    from firm_lite.editset.training import expected_error_loss
+    from firm_lite.dev.editset.training import expected_error_loss
 
     digit_ids = torch.tensor([3, 4, 5, 6, 7])  # "1".."5" in a 10-token toy vocabulary
     targets = digit_ids[torch.tensor([4, 4, 4, 0, 0, 2, 1])]  # labels 5 5 5 1 1 3 2: mode 5, median 3
@@ -334,8 +334,8 @@ def test_expected_error_loss_puts_the_score_on_the_median_where_cross_entropy_pi
 def test_seen_by_reads_the_kind_a_critic_names() -> None:
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from firm_lite.editset.labels import SEEN_KINDS
-    from firm_lite.editset.training import parse_seen, seen_by
+    from firm_lite.dev.editset.labels import SEEN_KINDS
+    from firm_lite.dev.editset.training import parse_seen, seen_by
     from firm_lite.sources import tiny_critic_dir
 
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_critic_dir()).eval()
@@ -349,7 +349,7 @@ def test_seen_by_reads_the_kind_a_critic_names() -> None:
 
 @pytest.mark.slow
 def test_retraining_command_builds_a_loadable_critic(tmp_path: Path) -> None:
-    from firm_lite.tiny_critic import PROVENANCE_FILE, main
+    from firm_lite.dev.tiny_critic import PROVENANCE_FILE, main
 
     out = tmp_path / "critic"
     assert main(["--out", str(out), "--steps", "6", "--check-pairs", "4", "--quiet"]) == 0

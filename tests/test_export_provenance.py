@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from firm_lite.errors import UserError
-from firm_lite.export.provenance import (
+from firm_lite.artifact import (
+    VARIANT_MANIFEST,
     check_exported_folder,
-    check_out_folder,
     hash_weights,
+    read_variant_manifest,
     record_calibration,
-    staged_folder,
     verify_weights,
     write_manifest,
 )
-from firm_lite.variants import VARIANT_MANIFEST, read_variant_manifest, resolve_variant
+from firm_lite.errors import UserError
+from firm_lite.export.provenance import check_out_folder, staged_folder
+from firm_lite.variants.registry import resolve_variant
 
 
 def make_folder(folder: Path, backend: str = "gptq") -> Path:
@@ -72,7 +73,8 @@ def test_record_calibration_rewrites_only_the_manifest(tmp_path: Path) -> None:
 
 
 def test_the_calibration_gate_uses_record_calibration(tmp_path: Path) -> None:
-    from firm_lite.calibration.gate import calibration_warning, record_verdict
+    from firm_lite.artifact import calibration_warning
+    from firm_lite.calibration.gate import record_verdict
 
     folder = make_folder(tmp_path / "v")
     assert "never calibrated" in calibration_warning(folder)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from firm_lite.errors import UserError
-from firm_lite.export.recipes import (
+from firm_lite.recipes import (
     DEFAULT_RECIPES,
     MODULE_GROUPS,
     load_recipe,
@@ -85,14 +85,14 @@ def test_broken_toml_and_unknown_names(tmp_path: Path) -> None:
         load_recipe("gptq-w3")
 
 
-def test_bnb_may_quantize_vision_as_an_explicit_choice(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from firm_lite.export.recipes import warn_if_vision
+def test_bnb_may_quantize_vision_as_an_explicit_choice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from firm_lite.recipes import warn_if_vision
 
     recipe = load_recipe(write(tmp_path, 'name = "v"\nbackend = "bnb"\nbits = 4\n'
                                          'quantize = ["decoder", "vision"]\nkeep = ["embeddings", "lm_head"]\n'))
     assert recipe.quantizes_vision and recipe.double_quant
     warn_if_vision(recipe)
-    assert "quantizes the vision tower" in capsys.readouterr().err
+    assert "quantizes the vision tower" in caplog.text
 
 
 def test_overrides_are_validated_and_reported() -> None:

@@ -115,8 +115,8 @@ def next_token_logprobs(critic, mode: str) -> torch.Tensor:
 
 
 def forced_expected(critic, mode: str) -> float:
+    from firm_lite.dev.examples import ANSWER_FORMAT
     from firm_lite.teacher_forcing import critic_forced_readout
-    from firm_lite.tiny_critic import ANSWER_FORMAT
 
     pair, images = demo_inputs()
     answer = ANSWER_FORMAT.format(reasoning="The requested change is clearly present in the edited image.", score=4)
@@ -125,7 +125,7 @@ def forced_expected(critic, mode: str) -> float:
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_export_writes_a_standard_folder_with_provenance(exported, name: str) -> None:
-    from firm_lite.export.provenance import sha256_file
+    from firm_lite.artifact import sha256_file
 
     folder = exported(name)
     config = json.loads((folder / "config.json").read_text())
@@ -235,8 +235,8 @@ def test_gptq_folder_loads_through_plain_transformers(exported, name: str) -> No
 def test_plan_prices_the_exported_weights_exactly(exported, name: str) -> None:
     from safetensors import safe_open
 
-    from firm_lite.export.recipes import DEFAULT_RECIPES, load_recipe
     from firm_lite.plan import inventory, weight_bytes
+    from firm_lite.recipes import DEFAULT_RECIPES, load_recipe
 
     folder = exported(name)
     manifest = json.loads((folder / "firm_lite_variant.json").read_text())
@@ -281,7 +281,7 @@ def test_cli_scores_an_exported_folder(exported) -> None:
 
 
 def test_out_folder_is_refused_unless_overwrite_and_vision_opt_in(exported, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     from firm_lite.export import export_bnb, export_gptq
 
     out = tmp_path / "busy"
@@ -293,7 +293,7 @@ def test_out_folder_is_refused_unless_overwrite_and_vision_opt_in(exported, tmp_
         export_gptq(model=MODEL, out=tmp_path / "v", calib="demo", quantize_vision=True, progress=False)
     result = export_bnb(model=MODEL, out=out, bits=4, device="cpu", quantize_vision=True, overwrite=True,
                         progress=False)
-    assert "quantizes the vision tower" in capsys.readouterr().err
+    assert "quantizes the vision tower" in caplog.text
     assert not (out / "keep.txt").exists() and result.manifest["quantized"] == ["decoder", "vision"]
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     assert "model.visual" not in config["llm_int8_skip_modules"]

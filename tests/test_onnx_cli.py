@@ -11,7 +11,8 @@ from firm_lite.cli import main
 
 
 def test_onnx_modules_import_no_heavy_library():
-    code = ("import sys, firm_lite.cli.export_onnx, firm_lite.onnx, firm_lite.onnx.tensorrt, firm_lite.variants.onnx; "
+    code = ("import sys, firm_lite.cli.export_onnx, firm_lite.onnx, firm_lite.export.onnx.tensorrt, "
+            "firm_lite.variants.onnx; "
             "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'tensorrt', 'transformers') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

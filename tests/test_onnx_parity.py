@@ -43,9 +43,9 @@ def torch_model():
 
 @pytest.fixture(scope="module")
 def graphs(onnx_dir):
+    from firm_lite.artifact import read_variant_manifest
     from firm_lite.onnx.layout import GraphLayout
     from firm_lite.onnx.runtime import OrtGraphs
-    from firm_lite.variants import read_variant_manifest
 
     layout = GraphLayout.from_record(read_variant_manifest(onnx_dir)["onnx"]["layout"])
     return OrtGraphs(onnx_dir, layout, device="cpu", threads=2)
@@ -169,7 +169,7 @@ def test_quantized_graphs_load_as_variants_and_score(onnx_dir, tmp_path, scheme,
     import onnx
 
     from firm_lite.critic import load_critic
-    from firm_lite.onnx.export import quantize_folder
+    from firm_lite.export.onnx.export import quantize_folder
     from firm_lite.scoring import demo_pair
 
     out = tmp_path / scheme

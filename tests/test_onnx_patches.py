@@ -35,7 +35,7 @@ def _pixel_inputs(processor, sizes):
 def test_block_diagonal_attention_equals_per_image_attention(tiny_torch):
     import torch
 
-    from firm_lite.onnx.patches import export_patches
+    from firm_lite.export.onnx.patches import export_patches
 
     model, processor = tiny_torch
     inputs = _pixel_inputs(processor, [(100, 70), (64, 128), (90, 90)])
@@ -52,7 +52,7 @@ def test_block_diagonal_attention_equals_per_image_attention(tiny_torch):
 def test_export_patches_leave_the_model_unpatched(tiny_torch):
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionAttention
 
-    from firm_lite.onnx.patches import export_patches, is_patched
+    from firm_lite.export.onnx.patches import export_patches, is_patched
 
     model, _ = tiny_torch
     attention = [m for m in model.modules() if isinstance(m, Qwen3VLVisionAttention)]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from firm_lite.errors import UserError
+from firm_lite.export.onnx.tensorrt import ENGINE_MANIFEST, EngineLimits, build_tensorrt, plan_profiles
 from firm_lite.onnx.layout import EMBED_INPUTS, GRAPH_FILES, VISION_INPUTS, GraphLayout
-from firm_lite.onnx.tensorrt import ENGINE_MANIFEST, EngineLimits, build_tensorrt, plan_profiles
 
 LAYOUT = GraphLayout(num_layers=3, num_kv_heads=2, head_dim=8, hidden_size=32, vocab_size=100, num_deepstack=2,
                      patch_dim=1536, spatial_merge_size=2, num_grid_per_side=8, interpolation_mode="bilinear",

@@ -9,17 +9,12 @@ import math
 import numpy as np
 import pytest
 
+from firm_lite.dev.editset.synthetic import synthetic_pair
+from firm_lite.dev.examples import EditExample, generate_answer
+from firm_lite.dev.tiny_architecture import check_tokenizer
+from firm_lite.dev.tiny_critic import PROVENANCE_FILE, TINY_CRITIC_DIR, build_tiny_critic
 from firm_lite.parsing import parse_answer
 from firm_lite.prompts import MODES, build_messages, render_prompt
-from firm_lite.tiny_architecture import check_tokenizer
-from firm_lite.tiny_critic import (
-    PROVENANCE_FILE,
-    TINY_CRITIC_DIR,
-    EditExample,
-    build_tiny_critic,
-    generate_answer,
-    synthetic_pair,
-)
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -60,11 +55,11 @@ def test_shipped_folder_loads_as_qwen3_vl(processor, model):
 
 
 def test_shipped_critic_is_what_the_default_recipe_builds():
-    """``python -m firm_lite.tiny_critic`` must rebuild the shipped folder: its recorded recipe and
+    """``python -m firm_lite.dev.tiny_critic`` must rebuild the shipped folder: its recorded recipe and
     sizes are the defaults (recipe keys added later must default to what the shipped run did)."""
     from dataclasses import asdict
 
-    from firm_lite.tiny_critic import TinyCriticDims, TrainingRecipe
+    from firm_lite.dev.tiny_critic import TinyCriticDims, TrainingRecipe
 
     provenance = json.loads((TINY_CRITIC_DIR / PROVENANCE_FILE).read_text("utf-8"))
     recipe, defaults = provenance["recipe"], json.loads(json.dumps(asdict(TrainingRecipe())))
@@ -120,7 +115,7 @@ def test_greedy_answer_parses_as_firm_json(processor, model, pair):
                                       ["describe_every=1", "self_seen=true", "frozen_seer=true"]],
                          ids=["default", "all-phases", "frozen-seer"])
 def test_same_seed_builds_identical_weights(tmp_path, settings):
-    from firm_lite.tiny_critic import TrainingRecipe, override
+    from firm_lite.dev.tiny_critic import TrainingRecipe, override
 
     recipe = override(TrainingRecipe, settings)
     shas = [build_tiny_critic(tmp_path / name, seed=0, steps=8, progress=False, recipe=recipe,
@@ -137,7 +132,7 @@ def test_full_rebuild_answers_in_format(tmp_path):
 
 
 def test_recipe_and_dims_overrides_are_typed_and_checked(capsys):
-    from firm_lite.tiny_critic import TinyCriticDims, TrainingRecipe, main, override
+    from firm_lite.dev.tiny_critic import TinyCriticDims, TrainingRecipe, main, override
 
     recipe = override(TrainingRecipe, ["vision_steps=1000", "self_seen=true", "lr=1e-3"])
     assert (recipe.vision_steps, recipe.self_seen, recipe.lr) == (1000, True, 1e-3)
@@ -157,8 +152,8 @@ def test_self_seen_asks_the_trained_or_a_frozen_critic(tmp_path, monkeypatch, fr
     """``self_seen`` asks the critic in training what it sees (its weights move between the
     questions); with ``frozen_seer`` a copy made before the FIRM phase answers (same weights every
     time, never the model being trained)."""
-    import firm_lite.editset.training as training
-    from firm_lite.tiny_critic import TrainingRecipe
+    import firm_lite.dev.editset.training as training
+    from firm_lite.dev.tiny_critic import TrainingRecipe
 
     asked: list[tuple[int, float]] = []
     real_seen_by = training.seen_by
@@ -175,7 +170,7 @@ def test_self_seen_asks_the_trained_or_a_frozen_critic(tmp_path, monkeypatch, fr
 
 
 def test_recipe_values_are_checked_before_training(tmp_path, capsys):
-    from firm_lite.tiny_critic import TrainingRecipe, main
+    from firm_lite.dev.tiny_critic import TrainingRecipe, main
 
     with pytest.raises(ValueError, match="self_seen"):
         build_tiny_critic(tmp_path / "x", steps=2, recipe=TrainingRecipe(frozen_seer=True), progress=False)
@@ -189,7 +184,7 @@ def test_recipe_values_are_checked_before_training(tmp_path, capsys):
 def test_expected_error_score_loss_trains_through_describe_batches_mixed_in(tmp_path):
     """Describe batches carry no score digit; the expected-error loss must leave them to cross
     entropy (a build with both used to stop at its first describe batch)."""
-    from firm_lite.tiny_critic import TrainingRecipe
+    from firm_lite.dev.tiny_critic import TrainingRecipe
 
     recipe = TrainingRecipe(describe_every=1, score_loss="expected_error")
     summary = build_tiny_critic(tmp_path / "critic", seed=0, steps=8, progress=False, recipe=recipe,
@@ -203,7 +198,7 @@ def test_shipped_critic_beats_a_constant_on_held_out_execution_as_recorded():
     predictor on execution: its execution scores depend on the images."""
     import torch
 
-    from firm_lite.editset.training import evaluate_critic
+    from firm_lite.dev.editset.training import evaluate_critic
 
     provenance = json.loads((TINY_CRITIC_DIR / PROVENANCE_FILE).read_text("utf-8"))
     threads = torch.get_num_threads()

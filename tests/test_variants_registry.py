@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from firm_lite.errors import UserError
-from firm_lite.variants import LoadRequest, registry, resolve_variant
+from firm_lite.variants.registry import LoadRequest, registry, resolve_variant
 
 
 def test_quantized_backends_are_registered() -> None:
@@ -27,8 +27,8 @@ def test_quantized_backends_are_registered() -> None:
 
 
 def test_load_time_variants_are_defined_by_the_shipped_recipes() -> None:
-    from firm_lite.export.recipes import load_recipe
-    from firm_lite.variants.bnb import LOAD_TIME_RECIPES, bnb_config
+    from firm_lite.recipes import LOAD_TIME_RECIPES, load_recipe
+    from firm_lite.variants.bnb import bnb_config
 
     nf4 = bnb_config(load_recipe(LOAD_TIME_RECIPES["nf4"]), "bfloat16")
     assert nf4.load_in_4bit and nf4.bnb_4bit_quant_type == "nf4" and nf4.bnb_4bit_use_double_quant
@@ -46,11 +46,11 @@ def test_backend_prefix_and_folder_resolution(tmp_path: Path) -> None:
 
 
 def test_a_folder_without_manifest_loads_only_by_explicit_backend_with_a_warning(tmp_path: Path,
-                                                                                   capsys) -> None:
-    from firm_lite.export.provenance import check_exported_folder
+                                                                                   caplog) -> None:
+    from firm_lite.artifact import check_exported_folder
 
     assert check_exported_folder(tmp_path, "gptq") is None
-    assert "not exported by firm-lite" in capsys.readouterr().err
+    assert "not exported by firm-lite" in caplog.text
     with pytest.raises(UserError, match="no such folder"):
         check_exported_folder(tmp_path / "absent", "gptq")
 
@@ -69,13 +69,13 @@ def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch, tmp_path: P
     assert str(err.value) == f'{package} is not installed: pip install "firm-lite[{extra}]"'
 
 
-def test_auto_on_the_tiny_critic_says_what_it_picked(capsys) -> None:
+def test_auto_on_the_tiny_critic_says_what_it_picked(caplog) -> None:
     from firm_lite.critic import load_critic
 
     critic = load_critic(model="tiny", variant="auto", device="cpu")
     assert critic.variant == "fp32"
     assert critic.provenance["variant_choice"].startswith("variant auto -> fp32: needs ~")
-    assert "variant auto -> fp32" in capsys.readouterr().err
+    assert "variant auto -> fp32" in caplog.text
 
 
 def test_help_does_not_import_heavy_libraries() -> None:

@@ -8,6 +8,7 @@ the full protocol's integer scores are checked against the baseline's pair by pa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from firm_lite.errors import UserError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 8)
 
@@ -95,7 +98,7 @@ def bench(*, variants: list[str] | tuple[str, ...] = ("default",), manifest: str
     baseline = None
     for i, variant in enumerate(variants):
         if progress:
-            print(f"[bench] {variant}: measuring in its own process ...", file=sys.stderr, flush=True)
+            log.info("[bench] %s: measuring in its own process ...", variant)
         spec = {"model": model, "variant": variant, "device": device, "dtype": dtype, "manifest": str(manifest),
                 "batch_sizes": list(batch_sizes), "limit": limit, "max_new_tokens": max_new_tokens,
                 "baseline": i == 0, "threads": threads, "min_pixels": min_pixels, "max_pixels": max_pixels,
@@ -118,8 +121,8 @@ def bench(*, variants: list[str] | tuple[str, ...] = ("default",), manifest: str
             if run["protocol"] == "fast":  # the fast protocol's own drift, if calibrate measured "<variant>+fast"
                 run["drift"] = _drift(cal, res.get("label", variant) + "+fast", variant + "+fast")
         results["variants"].append(res)
-        if progress and "error" in res:
-            print(f"[bench] {variant}: {res['error']}", file=sys.stderr)
+        if "error" in res:
+            log.warning("[bench] %s: %s", variant, res["error"])
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name or f"bench-{Path(model).name}-{time.strftime('%Y%m%d-%H%M%S')}"

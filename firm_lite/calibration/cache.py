@@ -87,7 +87,7 @@ class FingerprintMemo:
 def weights_fingerprint(folder: str | Path, memo: FingerprintMemo) -> str:
     """sha256 over a model folder's weight files, ``config.json`` and variant manifest (minus its
     ``calibration`` record, which calibration itself rewrites)."""
-    from firm_lite.variants import VARIANT_MANIFEST
+    from firm_lite.artifact import VARIANT_MANIFEST
 
     folder = Path(folder)
     h = hashlib.sha256()

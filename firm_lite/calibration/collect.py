@@ -59,9 +59,10 @@ class SideInfo:
 
 def describe_side(variant: str, settings: CriticSettings, memo: FingerprintMemo) -> SideInfo:
     """Resolve a variant name or folder the way ``load_critic`` will, without loading it."""
+    from firm_lite.artifact import VARIANT_MANIFEST, read_variant_manifest
     from firm_lite.critic import FAST_SUFFIX, split_protocol
     from firm_lite.device import dtype_name, resolve_device, resolve_dtype
-    from firm_lite.variants import VARIANT_MANIFEST, read_variant_manifest, resolve_variant
+    from firm_lite.variants.registry import resolve_variant
 
     base_variant, protocol = split_protocol(variant)
     spec, folder = resolve_variant(base_variant)
@@ -76,7 +77,7 @@ def describe_side(variant: str, settings: CriticSettings, memo: FingerprintMemo)
     if folder:
         identity.update(folder=str(folder.resolve()), weights=weights_fingerprint(folder, memo))
     if spec.family != "reference":
-        from firm_lite.export.provenance import library_versions
+        from firm_lite.artifact import library_versions
 
         identity["libraries"] = library_versions()  # quantization kernels decide these results too
     return SideInfo(name=variant, label=label, family=spec.family, folder=str(folder) if folder else None,

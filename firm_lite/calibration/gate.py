@@ -1,17 +1,15 @@
-"""The drift gate: calibration verdicts recorded in exported variants, and the warning on use.
+"""The drift gate: the calibration verdict the harness records in an exported variant folder.
 
 ``firm-lite calibrate`` writes its verdict for an exported variant folder into that folder's
 ``firm_lite_variant.json`` under ``"calibration"`` (passed, the failing checks, metrics,
 thresholds and the manifest hash it was measured on) through
-:func:`firm_lite.export.record_calibration`, so the verdict travels with the weights.
-``firm-lite score`` calls :func:`calibration_warning` and prints its one line on stderr when a
-variant was never calibrated or failed its last calibration. Reference precisions and
-quantize-at-load names have no folder to carry a verdict and are not gated here.
+:func:`firm_lite.artifact.record_calibration`, so the verdict travels with the weights; loading
+the folder later warns through :func:`firm_lite.artifact.calibration_warning`. Reference
+precisions and quantize-at-load names have no folder to carry a verdict and are not gated here.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -36,29 +34,6 @@ def verdict_record(result: dict[str, Any], variant: dict[str, Any]) -> dict[str,
 
 def record_verdict(folder: str | Path, record: dict[str, Any]) -> None:
     """Store the verdict in the folder's variant manifest (``firm_lite.export`` owns the file)."""
-    from firm_lite.export import record_calibration
+    from firm_lite.artifact import record_calibration
 
     record_calibration(Path(folder), record)
-
-
-def calibration_warning(folder: str | Path | None) -> str | None:
-    """One line when the exported variant in ``folder`` is uncalibrated or failed, else None."""
-    if not folder:
-        return None
-    from firm_lite.export.provenance import CALIBRATION_KEY
-    from firm_lite.variants import VARIANT_MANIFEST
-
-    path = Path(folder) / VARIANT_MANIFEST
-    try:
-        meta = json.loads(path.read_text("utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None  # loading the variant already reported what is wrong with its manifest
-    verdict = meta.get(CALIBRATION_KEY) if isinstance(meta, dict) else None
-    if not isinstance(verdict, dict):
-        return (f"warning: variant {folder} was never calibrated; run `firm-lite calibrate --variant {folder}` "
-                "before trusting its scores")
-    if not verdict.get("passed"):
-        why = "; ".join(verdict.get("failures") or [])[:160]
-        return (f"warning: variant {folder} FAILED calibration on {str(verdict.get('created', '?'))[:10]}"
-                f"{f' ({why})' if why else ''}: its scores drift from the reference")
-    return None

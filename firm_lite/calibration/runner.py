@@ -11,7 +11,7 @@ Exported variant folders get the verdict recorded in their manifest (the drift g
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,8 @@ from typing import Any
 
 from firm_lite.errors import UserError
 from firm_lite.sources import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MANIFEST = "calibration/editset-heldout.jsonl"
 DEFAULT_THRESHOLDS = "calibration/thresholds.toml"
@@ -54,8 +56,7 @@ def default_path(relative: str) -> Path:
 
 
 def _read_pairs(manifest: Path) -> tuple[list[Any], list[dict[str, Any]], dict[str, dict[str, int]]]:
-    from firm_lite.editset.labels import label_of
-    from firm_lite.manifest import read_manifest
+    from firm_lite.manifest import label_of, read_manifest
     from firm_lite.prompts import MODES
 
     pairs, skipped, labels = [], [], {}
@@ -162,17 +163,17 @@ def _write_views(results_path: Path, out_dir: Path, plot: bool) -> None:
 
 def _record_verdicts(result: dict[str, Any]) -> None:
     """The drift gate: each exported folder's manifest gets its verdict (see :mod:`.gate`)."""
+    from firm_lite.artifact import VARIANT_MANIFEST
     from firm_lite.calibration.gate import record_verdict, verdict_record
-    from firm_lite.variants import VARIANT_MANIFEST
 
     for r in result["variants"]:
         if not r["folder"]:
             continue
         if not (Path(r["folder"]) / VARIANT_MANIFEST).is_file():
-            print(f"warning: {r['folder']} has no {VARIANT_MANIFEST}: its verdict is not recorded", file=sys.stderr)
+            log.warning("%s has no %s: its verdict is not recorded", r["folder"], VARIANT_MANIFEST)
             continue
         try:
             record_verdict(r["folder"], verdict_record(result, r))
         except OSError as exc:
-            print(f"warning: could not record the verdict in {r['folder']} ({exc.strerror or exc}); "
-                  "`firm-lite score` will keep warning about this variant", file=sys.stderr)
+            log.warning("could not record the verdict in %s (%s); `firm-lite score` will keep warning about this "
+                        "variant", r["folder"], exc.strerror or exc)

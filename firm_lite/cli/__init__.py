@@ -55,16 +55,20 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="firm-lite")
-def main() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Also firm-lite's debug lines on stderr.")
+def main(quiet: bool, verbose: bool) -> None:
     """firm-lite: score image edits with the FIRM-Edit critic on hardware you own.
 
     \b
     Quick start (offline tiny critic, no download):
-      firm-lite score --model tiny --source demo/source.png --edited demo/edited.png \\
-          --instruction "make the sky pink"
+      firm-lite score --model tiny --demo
     Real critic (GPU, VisionXLab/FIRM-Edit-8B from the Hugging Face cache):
       firm-lite score --source a.jpg --edited b.jpg --instruction "remove the car"
     """
+    from firm_lite.cli.output import setup_output
+
+    setup_output(-1 if quiet else (1 if verbose else 0))
 
 
 def common_model_options(func: Any) -> Any:

@@ -44,7 +44,8 @@ def export_cmd() -> None:
     \b
     Every folder holds standard weights, the processor, a greedy generation config and
     firm_lite_variant.json (source, recipe, versions, calibration data, sha256 of each weight
-    file; loading refuses a folder whose weights do not match). Recipes: export/recipes/.
+    file; loading refuses a folder whose weights do not match).
+    Recipes: firm_lite/data/recipes/ (export/recipes/ in a checkout).
     """
 
 
@@ -54,7 +55,8 @@ def _common(func: Any) -> Any:
                      help="Hub id, local model folder, or 'tiny' (the offline test critic)."),
         click.option("--out", required=True, type=click.Path(file_okay=False),
                      help="Folder to create (written atomically; must be empty unless --overwrite)."),
-        click.option("--recipe", default=None, help="Recipe name in export/recipes/ or a TOML file."),
+        click.option("--recipe", default=None, help="A shipped recipe name (bnb-nf4, bnb-int8, gptq-w4-g128,\n"
+                     "gptq-w8) or a TOML file."),
         click.option("--quantize-vision", is_flag=True,
                      help="Also quantize the vision tower (not default: image features drift first)."),
         click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder."),

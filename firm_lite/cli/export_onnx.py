@@ -53,7 +53,7 @@ def onnx_cmd(as_json: bool, **kwargs: Any) -> None:
       firm-lite export onnx --model tiny --out tiny-onnx
       firm-lite score --variant tiny-onnx --demo
     """
-    from firm_lite.onnx import export_onnx
+    from firm_lite.export.onnx import export_onnx
 
     model, out = kwargs.pop("model"), kwargs.pop("out")
     manifest = export_onnx(model, out, progress=_progress(), **kwargs)
@@ -87,8 +87,8 @@ def tensorrt_cmd(onnx_dir: str, out: str | None, fp16: bool, workspace_gb: float
                  max_image_tokens: int | None, **limits: Any) -> None:
     """Build TensorRT engines (one per graph; fp16; profiles for vision, prefill and decode) from
     an ONNX export. Needs an NVIDIA GPU and `pip install tensorrt`."""
-    from firm_lite.onnx import build_tensorrt
-    from firm_lite.onnx.tensorrt import EngineLimits
+    from firm_lite.export.onnx import build_tensorrt
+    from firm_lite.export.onnx.tensorrt import EngineLimits
 
     record = build_tensorrt(onnx_dir, out, fp16=fp16, workspace_gb=workspace_gb, overwrite=overwrite,
                             limits=EngineLimits(max_image_tokens=max_image_tokens, **limits), progress=_progress())

@@ -2,8 +2,8 @@
 
 ``export_gptq`` (gptqmodel) and ``export_bnb`` (bitsandbytes) are what ``firm-lite export gptq``
 / ``export bnb`` run; recipes (:mod:`.recipes`) say what is quantized and kept; every folder
-carries ``firm_lite_variant.json`` (:mod:`.provenance`), whose ``"calibration"`` key the
-calibration harness fills through :func:`record_calibration`. Importing this package imports
+carries ``firm_lite_variant.json`` (the format is :mod:`firm_lite.artifact`, shared with the
+backends that load folders; :mod:`.provenance` writes it). Importing this package imports
 neither torch nor a quantization library.
 """
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from firm_lite.export.provenance import record_calibration, verify_weights
-
-__all__ = ["export_bnb", "export_gptq", "record_calibration", "verify_weights"]
+__all__ = ["export_bnb", "export_gptq"]
 
 
 def export_gptq(**kwargs: Any) -> Any:

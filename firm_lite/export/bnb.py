@@ -12,17 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from firm_lite.artifact import folder_bytes, hash_weights, write_manifest
 from firm_lite.errors import UserError
-from firm_lite.export.provenance import (
-    base_manifest,
-    check_out_folder,
-    folder_bytes,
-    hash_weights,
-    staged_folder,
-    write_manifest,
-)
-from firm_lite.export.recipes import recipe_for
+from firm_lite.export.provenance import base_manifest, check_out_folder, staged_folder
 from firm_lite.export.session import ExportResult, Stages, make_greedy
+from firm_lite.recipes import recipe_for
 from firm_lite.sources import DEFAULT_MODEL
 
 

@@ -11,6 +11,7 @@ text-only: the decoder's image-token activations are most of every sequence.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from firm_lite.errors import UserError
 from firm_lite.images import ImageBudget, load_image
 from firm_lite.prompts import MODES, build_messages
 from firm_lite.records import EditPair
+
+log = logging.getLogger(__name__)
 
 DEMO = "demo"
 
@@ -59,7 +62,7 @@ def read_calibration_set(calib: str | Path | None, max_pairs: int | None = None)
     pairs = [r.pair for r in rows if r.pair is not None]
     skipped = [r.error or r.id for r in rows if r.pair is None]
     for why in skipped[:5]:
-        print(f"warning: calibration row skipped: {why}", file=sys.stderr)
+        log.warning("calibration row skipped: %s", why)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
     if not pairs:
@@ -93,7 +96,7 @@ def render_samples(processor: Any, calib: CalibrationSet, budget: ImageBudget,
         try:
             images = [load_image(pair.source), load_image(pair.edited)]
         except PairError as exc:
-            print(f"warning: calibration pair skipped: {exc}", file=sys.stderr)
+            log.warning("calibration pair skipped: %s", exc)
             continue
         for mode in MODES:
             batch = processor(text=[render_text(processor, mode, pair)], images=images, return_tensors="pt",

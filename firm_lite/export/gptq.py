@@ -15,25 +15,21 @@ build is pinned to a stable cache (:func:`kernel_cache_dir`) so CI compiles it o
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from firm_lite.artifact import folder_bytes, hash_weights, write_manifest
 from firm_lite.errors import UserError
-from firm_lite.export.provenance import (
-    base_manifest,
-    check_out_folder,
-    folder_bytes,
-    hash_weights,
-    staged_folder,
-    write_manifest,
-)
-from firm_lite.export.recipes import Recipe, recipe_for
+from firm_lite.export.provenance import base_manifest, check_out_folder, staged_folder
 from firm_lite.export.session import ExportResult, Stages, keep_log, library_output, make_greedy, scoped_env
+from firm_lite.recipes import Recipe, recipe_for
 from firm_lite.sources import DEFAULT_MODEL
 
+logger = logging.getLogger(__name__)
 
 def kernel_cache_dir() -> Path:
     """Where gptqmodel keeps its compiled CPU kernels: ``$XDG_CACHE_HOME`` (or ``~/.cache``)
@@ -130,7 +126,7 @@ def export_gptq(*, out: str | Path, model: str = DEFAULT_MODEL, calib: str | Pat
     inv = inventory(str(source.path))
     fitted, note = fit_group_size(inv, rec)
     if note:
-        print(f"warning: {note}", file=sys.stderr)
+        logger.warning("%s", note)
     processor = AutoProcessor.from_pretrained(source.path)
     budget = ImageBudget.from_processor(processor, min_pixels, max_pixels)
     samples, sample_stats = render_samples(processor, calib_set, budget, progress)

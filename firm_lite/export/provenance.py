@@ -1,123 +1,25 @@
-"""The provenance manifest of an exported variant folder, and the folder's atomic life cycle.
+"""Writing an exported variant folder: its atomic life cycle and the fields every manifest starts with.
 
-Every exported folder carries ``firm_lite_variant.json``: which registered backend loads it, the
-source model and revision, the recipe, bits/group size, the calibration data (hash and size), the
-image-token budget, library versions and the sha256 of every weight file. Loading refuses a
-folder whose weight files do not match (tampered, truncated, swapped). The ``"calibration"`` key
-is reserved for the calibration harness's verdict, written by :func:`record_calibration`; the
-hash check covers weight files only, so recording a verdict never invalidates a folder.
-
-:func:`staged_folder` owns the write path: everything is written into a hidden sibling temp
-folder that is renamed into place only when complete, so an interrupted export leaves nothing
-half-written at ``--out``. Nothing here imports torch.
+The folder format itself (manifest name, weight hashes, verification, the calibration verdict) is
+:mod:`firm_lite.artifact`, shared with the backends that load folders. :func:`staged_folder` owns
+the write path: everything is written into a hidden sibling temp folder that is renamed into
+place only when complete, so an interrupted export leaves nothing half-written at ``--out``.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from firm_lite.artifact import CALIBRATION_KEY, MANIFEST_FORMAT, library_versions, now_iso, sha256_file
 from firm_lite.errors import UserError
-from firm_lite.variants import VARIANT_MANIFEST, read_variant_manifest
-
-MANIFEST_FORMAT = 1
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-CALIBRATION_KEY = "calibration"
-_LIBRARIES = ("firm-lite", "torch", "transformers", "gptqmodel", "optimum", "bitsandbytes", "accelerate",
-              "safetensors")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions (from package metadata: nothing is imported)."""
-    out: dict[str, str | None] = {}
-    for name in _LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-
-
-def hash_weights(folder: Path) -> dict[str, dict[str, Any]]:
-    """Relative path -> {sha256, bytes} for every weight file under ``folder``."""
-    folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in weight_files(folder)}
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
-    """Write (or replace) the manifest atomically: temp file in the same folder, fsync, rename."""
-    path = Path(folder) / VARIANT_MANIFEST
-    tmp = path.with_name(f".{VARIANT_MANIFEST}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def record_calibration(folder: str | Path, verdict: dict[str, Any]) -> None:
-    """Store a calibration verdict under ``"calibration"``; only the manifest is rewritten."""
-    folder = Path(folder)
-    manifest = read_variant_manifest(folder)
-    manifest[CALIBRATION_KEY] = verdict
-    write_manifest(folder, manifest)
-
-
-def verify_weights(folder: str | Path, manifest: dict[str, Any] | None = None) -> None:
-    """Refuse a folder whose weight files differ from the manifest (size first, then sha256)."""
-    folder = Path(folder)
-    manifest = manifest if manifest is not None else read_variant_manifest(folder)
-    recorded = manifest.get("weights")
-    if not isinstance(recorded, dict) or not recorded:
-        raise UserError(f"{folder}: {VARIANT_MANIFEST} records no weight hashes; re-export the variant")
-    present = {p.relative_to(folder).as_posix() for p in weight_files(folder)}
-    unrecorded = sorted(present - set(recorded))
-    if unrecorded:
-        raise UserError(f"{folder}: weight file(s) {unrecorded} are not in {VARIANT_MANIFEST}; "
-                        "the folder was modified after export (re-export it)")
-    for name, entry in sorted(recorded.items()):
-        path = folder / name
-        if not path.is_file():
-            raise UserError(f"{folder}: weight file {name} is missing; re-export the variant")
-        size = path.stat().st_size
-        if size != entry.get("bytes"):
-            raise UserError(f"{folder}: weight file {name} is {size} bytes, {entry.get('bytes')} recorded "
-                            "(truncated or replaced); re-export the variant")
-        if sha256_file(path) != entry.get("sha256"):
-            raise UserError(f"{folder}: weight file {name} does not match its recorded sha256 "
-                            "(tampered or corrupted); re-export the variant")
 
 
 def check_out_folder(out: Path, overwrite: bool, source: Path | None = None) -> Path:
@@ -183,21 +85,3 @@ def base_manifest(*, backend: str, variant: str, source: Any, recipe: Any, overr
         "python": sys.version.split()[0],
         CALIBRATION_KEY: None,
     }
-
-
-def check_exported_folder(folder: str | Path, backend: str) -> dict[str, Any] | None:
-    """What every folder backend does before loading: the manifest names ``backend`` and the
-    weight files match it. A folder without a manifest (a checkpoint made elsewhere, named
-    explicitly as ``BACKEND:DIR``) loads with a warning instead; returns its manifest or None."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--variant {backend}:{folder}: no such folder")
-    if not (folder / VARIANT_MANIFEST).exists():
-        print(f"warning: {folder} has no {VARIANT_MANIFEST} (not exported by firm-lite): provenance unknown, "
-              "weight hashes not verified", file=sys.stderr)
-        return None
-    manifest = read_variant_manifest(folder)
-    if manifest.get("backend") != backend:
-        raise UserError(f"{folder}: exported for backend {manifest.get('backend')!r}, not {backend!r}")
-    verify_weights(folder, manifest)
-    return manifest

@@ -11,6 +11,7 @@ stderr, the summary to the caller.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 EXPORT_LOG = "export.log"
 
@@ -37,7 +40,7 @@ class Stages:
         now = time.perf_counter()
         self.n += 1
         if self.enabled:
-            print(f"[{self.n}/{self.total}] {what} (t={now - self.start:.1f}s)", file=sys.stderr, flush=True)
+            logger.info("[%d/%d] %s (t=%.1fs)", self.n, self.total, what, now - self.start)
         self._t = now
 
     @property
@@ -93,8 +96,7 @@ def library_output(enabled: bool = True) -> Iterator[Path | None]:
         os.close(fd)
         if failed:
             tail = log.read_text("utf-8", errors="replace").splitlines()[-15:]
-            print("\n".join(["--- last lines of the quantization log ---", *tail,
-                             f"--- full log: {log}"]), file=sys.stderr)
+            logger.error("\n".join(["--- last lines of the quantization log ---", *tail, f"--- full log: {log}"]))
 
 
 def keep_log(log: Path | None, folder: Path) -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from firm_lite.errors import missing_extra
-from firm_lite.variants import LoadRequest, VariantSpec, register
+from firm_lite.variants.registry import LoadRequest, VariantSpec, register
 
 # Load-time variant -> the recipe that defines it.
-LOAD_TIME_RECIPES: dict[str, str] = {"int8": "bnb-int8", "nf4": "bnb-nf4"}
 
 
 def require_bnb() -> None:
@@ -54,7 +53,7 @@ def quantize_on_load(path: Any, recipe: Any, device: Any, dtype: Any) -> tuple[A
     """Load the checkpoint at ``path`` and quantize it with ``recipe`` on the way in."""
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from firm_lite.export.recipes import warn_if_vision
+    from firm_lite.recipes import warn_if_vision
 
     require_bnb()
     quiet_int8_cast_warning()
@@ -67,7 +66,7 @@ def quantize_on_load(path: Any, recipe: Any, device: Any, dtype: Any) -> tuple[A
 
 def _load_time(name: str):
     def load(request: LoadRequest) -> tuple[Any, Any]:
-        from firm_lite.export.recipes import load_recipe
+        from firm_lite.recipes import LOAD_TIME_RECIPES, load_recipe
 
         return quantize_on_load(request.source.path, load_recipe(LOAD_TIME_RECIPES[name]), request.device,
                                 request.dtype)
@@ -77,7 +76,7 @@ def _load_time(name: str):
 def load_bnb_folder(request: LoadRequest) -> tuple[Any, Any]:
     """An exported bitsandbytes folder: verified, then loaded as saved (the quantization config
     travels in its config.json, the kept parts keep their saved dtype)."""
-    from firm_lite.export.provenance import check_exported_folder
+    from firm_lite.artifact import check_exported_folder
 
     manifest = check_exported_folder(request.folder, "bnb") or {}
     require_bnb()

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from firm_lite.errors import missing_extra
-from firm_lite.variants import LoadRequest, VariantSpec, register
+from firm_lite.variants.registry import LoadRequest, VariantSpec, register
 
 
 def require_gptq() -> None:
@@ -28,7 +28,7 @@ def require_gptq() -> None:
 
 def load_gptq_folder(request: LoadRequest) -> tuple[Any, Any]:
     """Verify, then ``from_pretrained`` with unquantized parts at ``request.dtype``."""
-    from firm_lite.export.provenance import check_exported_folder
+    from firm_lite.artifact import check_exported_folder
 
     check_exported_folder(request.folder, "gptq")
     require_gptq()

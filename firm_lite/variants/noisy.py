@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from firm_lite.variants import LoadRequest, VariantSpec, register
+from firm_lite.variants.registry import LoadRequest, VariantSpec, register
 
 NOISE_SCALE = 1.0
 NOISE_SEED = 1234

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from firm_lite.variants import LoadRequest, VariantSpec, register
+from firm_lite.variants.registry import LoadRequest, VariantSpec, register
 
 
 def load_onnx(request: LoadRequest) -> tuple[Any, Any]:
@@ -21,7 +21,7 @@ def load_onnx(request: LoadRequest) -> tuple[Any, Any]:
     if request.folder is None:
         raise UserError("the onnx variant loads an exported folder: --variant onnx:DIR "
                         "(make one with `firm-lite export onnx --out DIR`)")
-    from firm_lite.export.provenance import check_exported_folder
+    from firm_lite.artifact import check_exported_folder
 
     folder = request.folder
     manifest = check_exported_folder(folder, "onnx")  # backend named, graph files match their sha256

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from firm_lite.variants import LoadRequest, VariantSpec, register
+from firm_lite.variants.registry import LoadRequest, VariantSpec, register
 
 
 def load_reference(request: LoadRequest, dtype: Any = None) -> tuple[Any, Any]:

@@ -150,8 +150,7 @@ def build_tensorrt(onnx_dir: str | Path, out: str | Path | None = None, *, fp16:
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build ``<graph>.engine`` for every graph of the ONNX folder ``onnx_dir`` into ``out``
     (default ``onnx_dir/tensorrt``); returns the engine manifest."""
-    from firm_lite.export.provenance import sha256_file
-    from firm_lite.variants import read_variant_manifest
+    from firm_lite.artifact import read_variant_manifest, sha256_file
 
     onnx_dir = Path(onnx_dir).expanduser()
     manifest = read_variant_manifest(onnx_dir)

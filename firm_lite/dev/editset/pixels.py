@@ -1,6 +1,6 @@
 """Pixel operations the edit families are made of, on float32 RGB arrays in [0, 255].
 
-Kept apart from :mod:`firm_lite.editset.families` so that what an edit *means* (wording, how it
+Kept apart from :mod:`firm_lite.dev.editset.families` so that what an edit *means* (wording, how it
 goes partial or wrong) and what it *does to pixels* can be read and tested separately. Every
 operation is pure (returns a new array) and deterministic; none draws random numbers.
 Boxes are ``(y0, x0, y1, x1)`` fractions of the image, so one region name fits every shape.

@@ -3,12 +3,12 @@
 FIRM-Edit-8B is a Qwen3-VL-8B-Instruct fine-tune. Tests, CI, calibration and ``--model tiny``
 need a model with the *same* architecture, processor, chat template and answer format that
 loads in a second without a model hub. This module makes that stand-in, deterministically and
-offline, from the parts in :mod:`firm_lite.tiny_architecture` (tokenizer, processor, chat
-template, config) and a CPU training run on the labelled photo edit set (:mod:`firm_lite.editset`)
+offline, from the parts in :mod:`firm_lite.dev.tiny_architecture` (tokenizer, processor, chat
+template, config) and a CPU training run on the labelled photo edit set (:mod:`firm_lite.dev.editset`)
 rendered exactly as scoring renders it (``build_messages`` + the chat template). The critic
 learns to write what was asked and what the images show was done (templated reasoning), then
 the label as score; its MAE on the held-out split is recorded in the provenance file. The
-result ships at :data:`TINY_CRITIC_DIR`; ``python -m firm_lite.tiny_critic`` rebuilds it (~30 min
+result ships at :data:`TINY_CRITIC_DIR`; ``python -m firm_lite.dev.tiny_critic`` rebuilds it (~30 min
 on one core; the recipe is one thread).
 """
 
@@ -22,53 +22,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from firm_lite.prompts import MODES, build_messages
-from firm_lite.tiny_architecture import TinyCriticDims, build_config, build_processor, build_tokenizer
+from firm_lite.dev.tiny_architecture import TinyCriticDims, build_config, build_processor, build_tokenizer
+from firm_lite.prompts import MODES
+from firm_lite.sources import tiny_critic_dir
 
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
 BUILDER_VERSION = "4"
-TINY_CRITIC_DIR: Path = Path(__file__).resolve().parent / "assets" / "tiny-critic"
+TINY_CRITIC_DIR: Path = tiny_critic_dir()  # package data; the runtime finds it without this module
 PROVENANCE_FILE = "firm_lite_tiny.json"
-ANSWER_FORMAT = '{{\n"reasoning" : "{reasoning}",\n"score" : [{score}]\n}}'
-
-
-@dataclass(frozen=True)
-class EditExample:
-    """One training/eval item: what scoring sends, plus the answer the critic should give."""
-
-    mode: str
-    instruction: str
-    source: Image.Image
-    edited: Image.Image
-    score: int
-    answer: str
-    prompt: str | None = None  # a training-only rendering of the mode's text (None: the real one)
-
-
-# ---- rendering, answering, building ----------------------------------------------------------
-
-def example_messages(example: EditExample) -> list[dict[str, Any]]:
-    """The chat turn scoring sends for this example (with its training-only prompt, if any)."""
-    messages = build_messages(example.mode, example.instruction, example.source, example.edited)
-    if example.prompt is not None:
-        messages[0]["content"][2]["text"] = example.prompt
-    return messages
-
-
-def generate_answer(model: Any, processor: Any, example: EditExample,
-                    max_new_tokens: int = 256) -> str:
-    """Greedy answer for one pair, special tokens stripped."""
-    import torch
-
-    inputs = processor.apply_chat_template(example_messages(example), add_generation_prompt=True, tokenize=True,
-                                           return_dict=True, return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-    return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -94,7 +57,7 @@ class TrainingRecipe:
        edit it cannot see no longer taken as "not done").
 
     The defaults are the run that is shipped: the comparison heads on (``compare_heads``,
-    :mod:`firm_lite.compare_heads`: what first gave the critic real signal), phase 1, warm-up
+    :mod:`firm_lite.dev.compare_heads`: what first gave the critic real signal), phase 1, warm-up
     mixing, ``self_seen``, ``frozen_seer`` and the expected-error ``score_loss`` off (tried
     without the heads, none helped; README, *Edit set and tiny critic*). With the rubric-less prompt in training the
     critic misread the instruction in the full verbatim prompt (held-out "Requested" right 59-80%
@@ -139,8 +102,8 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
     import transformers
     from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
-    from firm_lite.editset.generator import iter_items
-    from firm_lite.editset.training import (
+    from firm_lite.dev.editset.generator import iter_items
+    from firm_lite.dev.editset.training import (
         SCORE_LOSSES,
         describe_batches,
         evaluate_critic,
@@ -217,7 +180,7 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
                for mode, r in report.items()}
     files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir())}
     provenance = {
-        "builder": "firm_lite.tiny_critic", "builder_version": BUILDER_VERSION, "seed": seed,
+        "builder": "firm_lite.dev.tiny_critic", "builder_version": BUILDER_VERSION, "seed": seed,
         "recipe": asdict(recipe), "dims": asdict(dims), "data": check["data"], "torch": torch.__version__,
         "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
         "model_sha256": _sha256(out_dir / "model.safetensors"),
@@ -237,9 +200,9 @@ def build_tiny_critic(out_dir: Path, *, seed: int = 0, recipe: TrainingRecipe | 
 def _wire(model: Any, processor: Any, seed: int, recipe: TrainingRecipe) -> dict[str, float]:
     """Wire the comparison heads on the first pairs of the train stream (the warm-up prompt:
     image positions do not depend on the text after the images)."""
-    from firm_lite.compare_heads import wire_comparison_heads
-    from firm_lite.editset.generator import generate
-    from firm_lite.editset.training import describe_inputs
+    from firm_lite.dev.compare_heads import wire_comparison_heads
+    from firm_lite.dev.editset.generator import generate
+    from firm_lite.dev.editset.training import describe_inputs
 
     batch = describe_inputs(processor, [(item.source_image(), item.edited_image())
                                         for item in generate("train", 24, seed=seed)])
@@ -252,16 +215,6 @@ def _wire(model: Any, processor: Any, seed: int, recipe: TrainingRecipe) -> dict
 # Instructions of the kind tests and demos send, so the BPE also covers words beyond the edit set.
 _GENERIC_TEXTS = ["Make the sky purple.", "Add a red hat on the left.", "Remove the car on the left.",
                   "Change the background to blue.", "system", "user", "assistant", "You are a helpful assistant."]
-
-
-def __getattr__(name: str) -> Any:
-    # The photo-free pairs the first tiny critic trained on moved to the edit-set package; tests
-    # still import them from here.
-    if name == "synthetic_pair":
-        from firm_lite.editset.synthetic import synthetic_pair
-
-        return synthetic_pair
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def override(cls: type, settings: list[str]) -> Any:
@@ -293,11 +246,11 @@ def override(cls: type, settings: list[str]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m firm_lite.tiny_critic",
+        prog="python -m firm_lite.dev.tiny_critic",
         description="Rebuild the offline tiny critic on the labelled edit set. With no --set/--dim it "
                     "rebuilds the shipped critic (same weights); --set and --dim run another recipe "
                     "(written to --out, recorded in its firm_lite_tiny.json).",
-        epilog="example: python -m firm_lite.tiny_critic --out /tmp/critic --set vision_steps=1000 "
+        epilog="example: python -m firm_lite.dev.tiny_critic --out /tmp/critic --set vision_steps=1000 "
                "--set describe_every=2 --dim rope_theta=16")
     parser.add_argument("--out", type=Path, default=TINY_CRITIC_DIR)
     parser.add_argument("--seed", type=int, default=0)
@@ -320,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                                     check_pairs_per_mode=args.check_pairs, recipe=recipe, dims=dims)
     except (FileExistsError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
-    from firm_lite.editset.metrics import format_report
+    from firm_lite.dev.editset.metrics import format_report
 
     for record in summary.pop("records")[:6]:
         for mode in MODES:

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firm_lite.editset.generator import GENERATOR_VERSION, JPEG_QUALITY, EditItem, generate
-from firm_lite.editset.photos import SPLITS, photo_fingerprint
+from firm_lite.dev.editset.generator import GENERATOR_VERSION, JPEG_QUALITY, EditItem, generate
+from firm_lite.dev.editset.photos import SPLITS, photo_fingerprint
 
-REPO_CALIBRATION_DIR: Path = Path(__file__).resolve().parents[2] / "calibration"
-HEADER_PREFIX = "# firm_lite.editset "
+REPO_CALIBRATION_DIR: Path = Path(__file__).resolve().parents[3] / "calibration"
+HEADER_PREFIX = "# firm_lite.editset "  # the format tag of committed manifests (kept as written)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ def write_split(out_dir: str | Path, split: str, spec: SplitSpec | None = None) 
         lines = [HEADER_PREFIX + json.dumps({
             "split": split, "generator_version": GENERATOR_VERSION, "fingerprint": fingerprint(split, spec),
             "pairs": spec.pairs, "seed": spec.seed, "edits_per_source": spec.edits_per_source,
+            # as committed: the manifests must regenerate byte for byte (now `firm_lite.dev.editset`)
             "regenerate": "python -m firm_lite.editset --out calibration"}, sort_keys=True)]
         for item in items:
             source_name, edited_name = f"{item.group}-source.jpg", f"{item.id}-edited.jpg"

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from firm_lite.manifest import label_of  # noqa: F401 - the manifest owns the labels field
+
 EXECUTION_BY_OUTCOME: dict[str, int] = {
     "full": 5, "mostly": 4, "partial": 3, "half": 3, "weak": 2, "wrong_param": 2,
     "opposite": 1, "wrong_family": 1, "none": 1, "unrelated": 1}
@@ -102,7 +104,7 @@ def rationale(mode: str, edit: dict[str, Any], seen: str | None = None) -> str:
     outcome = edit["outcome"]
     if outcome == "unrelated":
         return "Unrequested changes: everything (an unrelated picture)."
-    from firm_lite.editset.families import FAMILIES
+    from firm_lite.dev.editset.families import FAMILIES
 
     applied = edit.get("applied") or {}
     requested_local = FAMILIES[edit["family"]].changed_box(edit["params"]) is not None
@@ -117,12 +119,5 @@ def rationale(mode: str, edit: dict[str, Any], seen: str | None = None) -> str:
 def description(edit: dict[str, Any]) -> str:
     """The visual fact alone (no request): the kind of edit the images show. A critic in
     training first learns to write this for an image pair (see
-    :func:`firm_lite.editset.training.describe_batches`)."""
+    :func:`firm_lite.dev.editset.training.describe_batches`)."""
     return f"Seen: {kind_seen(edit)}."
-
-
-def label_of(extra: dict[str, Any] | None, mode: str) -> int | None:
-    """A manifest row's label for ``mode`` (from ``ManifestRow.extra``), or None if it has none."""
-    labels = (extra or {}).get("labels") or {}
-    value = labels.get(mode)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

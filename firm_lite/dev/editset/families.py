@@ -6,7 +6,7 @@ colour, direction...), the levels it can be done at (:data:`LEVEL_STRENGTH`: ful
 partial, weak, or "half", the edit applied to half its region), and its wrong variants (the
 same edit with another region/colour, or its contrary: darker for brighter, the other axis).
 Whether an edit is *local* (``changed_box`` names one region) or global decides how a wrong
-edit counts against consistency (see :mod:`firm_lite.editset.labels`). Families register themselves by
+edit counts against consistency (see :mod:`firm_lite.dev.editset.labels`). Families register themselves by
 subclassing :class:`EditFamily`; the generator only ever goes through :data:`FAMILIES`.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from firm_lite.editset import pixels as px
-from firm_lite.editset.pixels import Box
+from firm_lite.dev.editset import pixels as px
+from firm_lite.dev.editset.pixels import Box
 
 LEVEL_STRENGTH: dict[str, float] = {"full": 1.0, "mostly": 0.7, "partial": 0.45, "weak": 0.2, "half": 1.0}
 WHOLE: Box = (0.0, 0.0, 1.0, 1.0)

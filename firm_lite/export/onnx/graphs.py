@@ -8,7 +8,7 @@ So the critic is cut into three graphs whose inputs are plain dense tensors:
 * ``embed``: token ids -> embeddings.
 * ``vision``: flattened patches plus the host-computed grid tensors -> image features and the
   deepstack features (one per deepstack layer), stacked. Attention runs as one block-diagonal
-  SDPA (:mod:`firm_lite.onnx.patches`), so any number of images of any sizes go in one call.
+  SDPA (:mod:`firm_lite.export.onnx.patches`), so any number of images of any sizes go in one call.
 * ``decoder``: embeddings (image features already in place), 3-D M-RoPE position ids, the 2-D
   attention mask over past + new tokens, deepstack features as a dense tensor (zeros off image
   tokens, so adding it is exactly the model's masked add) and the past KV cache -> logits of the
@@ -171,8 +171,8 @@ def export_graphs(model: Any, layout: GraphLayout, out_dir: Path, opset: int = 1
 
     import torch
 
+    from firm_lite.export.onnx.patches import export_patches
     from firm_lite.onnx.layout import GRAPH_FILES
-    from firm_lite.onnx.patches import export_patches
 
     embed_cls, vision_cls, decoder_cls = _modules()
     wrappers = {"embed": embed_cls(model), "vision": vision_cls(model), "decoder": decoder_cls(model)}

@@ -6,7 +6,7 @@ the training stream and a manifest written to disk hold the same items, and grou
 remade alone. Images are JPEG-encoded here (quality :data:`JPEG_QUALITY`) and edits are applied
 to the *decoded* source, so training, the committed manifests and a scoring run all see the same
 kind of pixels. For each item the generator picks a family, an outcome (how well the request was
-carried out, see :mod:`firm_lite.editset.labels`) and 0-5 unrequested local changes ("extras"),
+carried out, see :mod:`firm_lite.dev.editset.labels`) and 0-5 unrequested local changes ("extras"),
 and records all of it next to the labels.
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from firm_lite.editset import pixels as px
-from firm_lite.editset.families import FAMILIES, SHAPE_COLOURS, SHAPES, EditFamily, families_for, pick
-from firm_lite.editset.labels import labels_for
-from firm_lite.editset.photos import PHOTOS, SPLITS, photos_for, random_crop, render_crop
-from firm_lite.editset.photos import SHAPES as IMAGE_SHAPES
+from firm_lite.dev.editset import pixels as px
+from firm_lite.dev.editset.families import FAMILIES, SHAPE_COLOURS, SHAPES, EditFamily, families_for, pick
+from firm_lite.dev.editset.labels import labels_for
+from firm_lite.dev.editset.photos import PHOTOS, SPLITS, photos_for, random_crop, render_crop
+from firm_lite.dev.editset.photos import SHAPES as IMAGE_SHAPES
 
 GENERATOR_VERSION = "3"
 JPEG_QUALITY = 90

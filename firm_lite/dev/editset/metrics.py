@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from firm_lite.editset.labels import MODES, label_of
+from firm_lite.dev.editset.labels import MODES, label_of
 
 
 def read_labels(manifest: str | Path) -> dict[str, dict[str, Any]]:
@@ -101,13 +101,13 @@ def kind_accuracy(records: Iterable[Mapping[str, Any]], labels: Mapping[str, Map
     """How often an edit-set critic's execution reasoning names the right kinds of edit.
 
     ``requested``: the kind it read from the instruction; ``seen``: the kind it read from the
-    images (:func:`firm_lite.editset.labels.rationale`); ``score_follows``: how often its score is
+    images (:func:`firm_lite.dev.editset.labels.rationale`); ``score_follows``: how often its score is
     5 when the two agree and 1 when they do not (the rule its training answers follow, modulo
     strength). ``confusions``: (true seen kind, answered) -> count, answered ``None`` when the
     reasoning is not in that form. Separates "cannot read the instruction" from "cannot see the
     edit" from "does not act on what it saw", which MAE alone mixes up.
     """
-    from firm_lite.editset.labels import KIND_WORDS, kind_seen
+    from firm_lite.dev.editset.labels import KIND_WORDS, kind_seen
 
     n = requested = seen = follows = 0
     confusions: dict[tuple[str, str | None], int] = defaultdict(int)

@@ -27,7 +27,7 @@ SPLITS: tuple[str, ...] = ("train", "heldout")
 # (height, width) of every generated image: multiples of 32, so the Qwen-VL resizer keeps them
 # as they are under a 160x160 budget (25, 20 or 20 image tokens), and all 160 on the long side,
 # so the second image of a pair always starts the same M-RoPE distance after the first (the tiny
-# critic's comparison heads rely on it: firm_lite.compare_heads).
+# critic's comparison heads rely on it: firm_lite.dev.compare_heads).
 SHAPES: tuple[tuple[int, int], ...] = ((160, 160), (128, 160), (160, 128))
 
 

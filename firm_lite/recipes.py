@@ -1,6 +1,7 @@
 """Quantization recipes: TOML files that say exactly what is quantized, how, and what is kept.
 
-A recipe is data (``export/recipes/*.toml``), never code: ``firm-lite export --recipe NAME|FILE``
+A recipe is data (``firm_lite/data/recipes/*.toml``, package data, so a wheel install has the same
+recipes as a checkout; ``export/recipes`` in the repo links there), never code: ``firm-lite export --recipe NAME|FILE``
 reads one, the quantize-at-load variants ``int8``/``nf4`` read ``bnb-int8``/``bnb-nf4``, and
 the fit planner reads them all, so the memory a recipe is planned with is the memory it gets.
 Every recipe names all four module groups of a Qwen3-VL critic (:data:`MODULE_GROUPS`) either
@@ -11,13 +12,15 @@ cannot quantize are errors, not silently ignored settings.
 from __future__ import annotations
 
 import hashlib
-import sys
+import logging
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from firm_lite.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Module groups of Qwen3VLForConditionalGeneration -> module-name prefix (transformers 5 layout).
 MODULE_GROUPS: dict[str, str] = {
@@ -37,9 +40,8 @@ DTYPES = ("bfloat16", "float16", "float32")
 DEFAULT_RECIPES: dict[tuple[str, int], str] = {
     ("gptq", 4): "gptq-w4-g128", ("gptq", 8): "gptq-w8", ("bnb", 4): "bnb-nf4", ("bnb", 8): "bnb-int8",
 }
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "export" / "recipes"
-# A wheel install has no source tree: the same files are installed as data files (pyproject).
-INSTALLED_RECIPES_DIR = Path(sys.prefix) / "share" / "firm-lite" / "recipes"
+# quantize-at-load variant name -> the shipped recipe it quantizes with
+LOAD_TIME_RECIPES: dict[str, str] = {"int8": "bnb-int8", "nf4": "bnb-nf4"}
 
 # Keys every recipe has, and the keys only one backend understands.
 _COMMON_KEYS = {"name", "backend", "description", "bits", "dtype", "quantize", "keep"}
@@ -189,13 +191,16 @@ def parse_recipe(data: dict[str, Any], where: str, sha256: str | None = None) ->
     return recipe
 
 
+def recipes_dir() -> Path:
+    """The shipped recipes' folder (package data, found with importlib.resources)."""
+    from importlib import resources
+
+    return Path(str(resources.files("firm_lite.data") / "recipes"))
+
+
 def shipped_recipes() -> dict[str, Path]:
-    """Recipe name -> file, for the recipes in ``export/recipes/`` (source checkout, editable
-    install) or, for a wheel install, the copies installed under ``<prefix>/share/firm-lite``."""
-    folder = RECIPES_DIR if RECIPES_DIR.is_dir() else INSTALLED_RECIPES_DIR
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+    """Recipe name -> file, for the recipes shipped in the package."""
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.toml"))}
 
 
 def load_recipe(name_or_file: str | Path) -> Recipe:
@@ -205,7 +210,7 @@ def load_recipe(name_or_file: str | Path) -> Recipe:
     if not (path.suffix == ".toml" or path.is_file()):
         shipped = shipped_recipes()
         if text not in shipped:
-            known = ", ".join(shipped) or f"none found in {RECIPES_DIR}"
+            known = ", ".join(shipped) or f"none found in {recipes_dir()}"
             raise UserError(f"--recipe {text}: no such recipe file, and not a shipped recipe ({known})")
         path = shipped[text]
     if not path.is_file():
@@ -232,7 +237,7 @@ def recipe_for(backend: str, recipe: str | Path | None, bits: int | None) -> Rec
 
 
 def warn_if_vision(recipe: Recipe) -> None:
-    """Quantizing the vision tower is allowed but risky: say so once, on stderr."""
+    """Quantizing the vision tower is allowed but risky: say so (a logged warning)."""
     if recipe.quantizes_vision:
-        print(f"warning: recipe {recipe.name} quantizes the vision tower; image features drift first "
-              "(run `firm-lite calibrate` on the result before trusting it)", file=sys.stderr)
+        log.warning("recipe %s quantizes the vision tower; image features drift first (run `firm-lite "
+                    "calibrate` on the result before trusting it)", recipe.name)

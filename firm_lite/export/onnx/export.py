@@ -1,7 +1,7 @@
 """``firm_lite.onnx.export_onnx``: what ``firm-lite export onnx`` does, as a function.
 
-Loads the critic in PyTorch once, exports its three graphs (:mod:`firm_lite.onnx.graphs`),
-optionally quantizes their weights (:mod:`firm_lite.onnx.quantize`, also on its own as
+Loads the critic in PyTorch once, exports its three graphs (:mod:`firm_lite.export.onnx.graphs`),
+optionally quantizes their weights (:mod:`firm_lite.export.onnx.quantize`, also on its own as
 :func:`quantize_folder` from a float export), copies the processor, config and generation config
 beside them, and writes ``firm_lite_variant.json`` with the shared provenance tools of
 :mod:`firm_lite.export.provenance` (atomic staged folder, source, recipe, versions, sha256 of
@@ -30,14 +30,14 @@ GRAPH_SUFFIXES = (".onnx", ".onnx.data", ".data")
 
 def graph_weights(folder: Path) -> dict[str, dict[str, Any]]:
     """Every graph and external-data file in ``folder`` -> {sha256, bytes}."""
-    from firm_lite.export.provenance import sha256_file
+    from firm_lite.artifact import sha256_file
 
     return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name.endswith(GRAPH_SUFFIXES)}
 
 
 def library_versions() -> dict[str, str | None]:
-    from firm_lite.export.provenance import library_versions as shared
+    from firm_lite.artifact import library_versions as shared
 
     versions = shared()
     for name in ("onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript"):
@@ -71,7 +71,7 @@ def _groups(quantize: str, keep_lm_head: bool) -> tuple[list[str], list[str]]:
 
 
 def _write(stage: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    from firm_lite.export.provenance import write_manifest
+    from firm_lite.artifact import write_manifest
 
     manifest["weights"] = graph_weights(stage)
     write_manifest(stage, manifest)
@@ -82,9 +82,9 @@ def quantize_folder(src: str | Path, out: str | Path, scheme: str, *, keep_lm_he
                     block_size: int = 128, overwrite: bool = False,
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write a weight-quantized copy of the float ONNX variant folder ``src`` into ``out``."""
-    from firm_lite.export.provenance import CALIBRATION_KEY, check_out_folder, now_iso, staged_folder
-    from firm_lite.onnx.quantize import QUANTIZED_GRAPHS, SCHEMES, quantize_graph
-    from firm_lite.variants import VARIANT_MANIFEST, read_variant_manifest
+    from firm_lite.artifact import CALIBRATION_KEY, VARIANT_MANIFEST, now_iso, read_variant_manifest
+    from firm_lite.export.onnx.quantize import QUANTIZED_GRAPHS, SCHEMES, quantize_graph
+    from firm_lite.export.provenance import check_out_folder, staged_folder
 
     src = Path(src).expanduser()
     base = read_variant_manifest(src)
@@ -124,7 +124,8 @@ def export_onnx(model: str, out: str | Path, *, opset: int = 18, dtype: str = "f
                 overwrite: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export ``model`` (hub id, folder or ``tiny``) to an ONNX variant folder ``out``; returns
     its manifest. With ``quantize`` the float graphs are exported first, then quantized."""
-    from firm_lite.export.provenance import CALIBRATION_KEY, check_out_folder, now_iso, sha256_file, staged_folder
+    from firm_lite.artifact import CALIBRATION_KEY, now_iso, sha256_file
+    from firm_lite.export.provenance import check_out_folder, staged_folder
     from firm_lite.sources import resolve_model
 
     _check_options(opset, dtype, quantize, block_size)
@@ -139,8 +140,8 @@ def export_onnx(model: str, out: str | Path, *, opset: int = 18, dtype: str = "f
     import torch
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
+    from firm_lite.export.onnx.graphs import export_graphs
     from firm_lite.images import ImageBudget
-    from firm_lite.onnx.graphs import export_graphs
     say = progress or (lambda _msg: None)
     say(f"loading {source.model_id} ({dtype})")
     critic = Qwen3VLForConditionalGeneration.from_pretrained(

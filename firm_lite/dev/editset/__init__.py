@@ -6,11 +6,11 @@ scikit-image ships (:mod:`.photos`), procedural edits in eleven families with va
 (:mod:`.families`, :mod:`.pixels`), execution and consistency labels fixed by construction
 (:mod:`.labels`), a seeded generator with train and held-out splits (:mod:`.generator`), the
 committed/cached manifests (:mod:`.store`) and agreement metrics for scored records
-(:mod:`.metrics`). ``python -m firm_lite.editset`` regenerates the committed manifests.
+(:mod:`.metrics`). ``python -m firm_lite.dev.editset`` regenerates the committed manifests.
 
 Public API (imports are lazy)::
 
-    from firm_lite.editset import ensure_editset, read_labels, editset_report
+    from firm_lite.dev.editset import ensure_editset, read_labels, editset_report
     manifest = ensure_editset("heldout")            # Path to the JSONL manifest
     report = editset_report(records, read_labels(manifest))
 """
@@ -20,17 +20,17 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "ensure_editset": ("firm_lite.editset.store", "ensure_editset"),
-    "write_split": ("firm_lite.editset.store", "write_split"),
-    "SPLIT_SPECS": ("firm_lite.editset.store", "SPLIT_SPECS"),
-    "generate": ("firm_lite.editset.generator", "generate"),
-    "iter_items": ("firm_lite.editset.generator", "iter_items"),
-    "EditItem": ("firm_lite.editset.generator", "EditItem"),
-    "read_labels": ("firm_lite.editset.metrics", "read_labels"),
-    "editset_report": ("firm_lite.editset.metrics", "editset_report"),
-    "mae_by_mode": ("firm_lite.editset.metrics", "mae_by_mode"),
-    "format_report": ("firm_lite.editset.metrics", "format_report"),
-    "labels_for": ("firm_lite.editset.labels", "labels_for"),
+    "ensure_editset": ("firm_lite.dev.editset.store", "ensure_editset"),
+    "write_split": ("firm_lite.dev.editset.store", "write_split"),
+    "SPLIT_SPECS": ("firm_lite.dev.editset.store", "SPLIT_SPECS"),
+    "generate": ("firm_lite.dev.editset.generator", "generate"),
+    "iter_items": ("firm_lite.dev.editset.generator", "iter_items"),
+    "EditItem": ("firm_lite.dev.editset.generator", "EditItem"),
+    "read_labels": ("firm_lite.dev.editset.metrics", "read_labels"),
+    "editset_report": ("firm_lite.dev.editset.metrics", "editset_report"),
+    "mae_by_mode": ("firm_lite.dev.editset.metrics", "mae_by_mode"),
+    "format_report": ("firm_lite.dev.editset.metrics", "format_report"),
+    "labels_for": ("firm_lite.dev.editset.labels", "labels_for"),
 }
 
 __all__ = list(_LAZY)
@@ -42,4 +42,4 @@ def __getattr__(name: str) -> Any:
 
         module, attr = _LAZY[name]
         return getattr(import_module(module), attr)
-    raise AttributeError(f"module 'firm_lite.editset' has no attribute {name!r}")
+    raise AttributeError(f"module 'firm_lite.dev.editset' has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """Training a critic on the edit set: examples, the training loop, the held-out evaluation.
 
 :func:`training_batches` turns the seeded train stream into batches of
-:class:`firm_lite.tiny_critic.EditExample` whose answers are the FIRM JSON with the templated
-:func:`~firm_lite.editset.labels.rationale` and the label as score. Each batch holds one mode
+:class:`firm_lite.dev.examples.EditExample` whose answers are the FIRM JSON with the templated
+:func:`~firm_lite.dev.editset.labels.rationale` and the label as score. Each batch holds one mode
 only (the consistency prompt is twice as long as the execution one, so mixing them would pad
 every execution row to the longer length) and both modes of the same pairs follow each other.
 
@@ -32,10 +32,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from firm_lite.editset.generator import EditItem, generate, iter_items
-from firm_lite.editset.labels import MODES, SEEN_KINDS, description, kind_seen, rationale
+from firm_lite.dev.editset.generator import EditItem, generate, iter_items
+from firm_lite.dev.editset.labels import MODES, SEEN_KINDS, description, kind_seen, rationale
+from firm_lite.dev.examples import ANSWER_FORMAT, EditExample, example_messages
 from firm_lite.prompts import render_prompt, templates
-from firm_lite.tiny_critic import ANSWER_FORMAT, EditExample, example_messages
 
 DESCRIBE_PROMPT = "Describe the edit."
 SCORE_LOSSES: tuple[str, ...] = ("ce", "expected_error")  # see train_critic
@@ -65,7 +65,7 @@ def example_of(item: EditItem, mode: str, images: tuple[Any, Any] | None = None,
 
 def describe_batches(seed: int, batch_size: int, first_group: int = 0) -> Iterator[list[EditExample]]:
     """Endless batches of the warm-up task: both images and :data:`DESCRIBE_PROMPT` in, the
-    visual facts (:func:`~firm_lite.editset.labels.description`) out. With no instruction to copy
+    visual facts (:func:`~firm_lite.dev.editset.labels.description`) out. With no instruction to copy
     from, the only way to lower this loss is to compare the images, which is what a tiny critic
     otherwise learns last: the request text predicts most of a FIRM answer."""
     stream = iter_items("train", seed=seed, first_group=first_group)
@@ -78,7 +78,7 @@ def describe_batches(seed: int, batch_size: int, first_group: int = 0) -> Iterat
 def pair_logits(model: Any, processor: Any, head: Any, items: list[EditItem]) -> Any:
     """The vision tower's merged tokens of both images of each item, pooled the way a decoder
     can pool them (each image's mean, the mean difference and mean absolute difference of tokens at
-    the same place), through ``head``: logits over :data:`~firm_lite.editset.labels.SEEN_KINDS`."""
+    the same place), through ``head``: logits over :data:`~firm_lite.dev.editset.labels.SEEN_KINDS`."""
     import torch
 
     images = [im for item in items for im in (item.source_image(), item.edited_image())]
@@ -307,21 +307,21 @@ def tokenizer_texts(seed: int = 1234, pairs: int = 600) -> list[str]:
 def evaluate_critic(model: str | Path, split: str = "heldout", batch_size: int = 8, max_new_tokens: int = 256,
                     limit: int | None = None) -> dict[str, Any]:
     """Score a split (its first ``limit`` pairs) through the real path (``load_critic`` + greedy
-    generation + parsing); :func:`firm_lite.editset.metrics.editset_report`, ``kind_accuracy``,
+    generation + parsing); :func:`firm_lite.dev.editset.metrics.editset_report`, ``kind_accuracy``,
     records and data."""
     from firm_lite.critic import load_critic
-    from firm_lite.editset.metrics import editset_report, kind_accuracy, read_labels
-    from firm_lite.editset.store import ensure_editset
+    from firm_lite.dev.editset.metrics import editset_report, kind_accuracy, read_labels
+    from firm_lite.dev.editset.store import ensure_editset
     from firm_lite.manifest import read_manifest
 
     manifest = ensure_editset(split)
-    from firm_lite.editset.store import read_header
+    from firm_lite.dev.editset.store import read_header
 
     pairs = [row.pair for row in read_manifest(manifest) if row.pair is not None][:limit]
     critic = load_critic(str(model), device="cpu", max_new_tokens=max_new_tokens)
     records = critic.score(pairs, batch_size=batch_size)
     header = read_header(manifest) or {}
-    data = {"train": "firm_lite.editset train stream", "eval": split, "eval_pairs": len(pairs),
+    data = {"train": "firm_lite.dev.editset train stream", "eval": split, "eval_pairs": len(pairs),
             "eval_fingerprint": header.get("fingerprint"), "generator_version": header.get("generator_version")}
     labels = read_labels(manifest)
     return {"report": editset_report(records, labels), "kinds": kind_accuracy(records, labels), "records": records,

@@ -4,7 +4,7 @@ These came with the first tiny critic (which trained on them). They stay for tes
 quick, varied, labelled pair without scikit-image's photos: a striped region whose area grows
 with the execution level and one 16 px speckled square per consistency point lost (a whole new
 scene is consistency 1). The critic now trains on the photo edit set; see
-:mod:`firm_lite.editset.generator`.
+:mod:`firm_lite.dev.editset.generator`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m firm_lite.editset``: regenerate the edit-set manifests (and optionally score them)."""
+"""``python -m firm_lite.dev.editset``: regenerate the edit-set manifests (and optionally score them)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from firm_lite.editset.photos import SPLITS
+from firm_lite.dev.editset.photos import SPLITS
 
 
 def regenerate(out: str | Path, splits: tuple[str, ...] = SPLITS) -> list[Path]:
     """Write every split's manifest and images under ``out`` (the repo's ``calibration/``)."""
-    from firm_lite.editset.store import write_split
+    from firm_lite.dev.editset.store import write_split
 
     return [write_split(out, split) for split in splits]
 
@@ -20,8 +20,8 @@ def regenerate(out: str | Path, splits: tuple[str, ...] = SPLITS) -> list[Path]:
 def evaluate(split: str = "heldout", model: str = "tiny", device: str = "cpu", batch_size: int = 4,
              out: str | Path | None = None) -> dict:
     """Score a split with a critic through the normal scoring path; the agreement report."""
-    from firm_lite.editset.metrics import editset_report, read_labels
-    from firm_lite.editset.store import ensure_editset
+    from firm_lite.dev.editset.metrics import editset_report, read_labels
+    from firm_lite.dev.editset.store import ensure_editset
     from firm_lite.scoring import score
 
     manifest = ensure_editset(split)
@@ -30,7 +30,7 @@ def evaluate(split: str = "heldout", model: str = "tiny", device: str = "cpu", b
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m firm_lite.editset", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m firm_lite.dev.editset", description=__doc__)
     parser.add_argument("--out", type=Path, default=None,
                         help="folder to write the manifests into (the repository's calibration/)")
     parser.add_argument("--split", choices=SPLITS, action="append", help="only this split (repeatable)")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in regenerate(args.out, splits):
             print(f"wrote {path}")
     if args.evaluate is not None:
-        from firm_lite.editset.metrics import format_report
+        from firm_lite.dev.editset.metrics import format_report
 
         report = evaluate("heldout", model=args.evaluate)
         print(json.dumps(report, indent=2) if args.json else format_report(report))

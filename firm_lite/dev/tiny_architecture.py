@@ -3,7 +3,7 @@
 Everything here is shaped like Qwen3-VL-8B-Instruct's pieces, at a size that trains on a CPU:
 a byte-level BPE with Qwen's pre-tokenizer regex (every digit its own token) and Qwen's added
 tokens, Qwen3-VL's chat template and processor with a small pixel budget, and a
-``Qwen3VLConfig`` from :class:`TinyCriticDims`. :mod:`firm_lite.tiny_critic` builds and trains
+``Qwen3VLConfig`` from :class:`TinyCriticDims`. :mod:`firm_lite.dev.tiny_critic` builds and trains
 the critic from them.
 """
 
