@@ -30,6 +30,15 @@ from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
               help="Most edits in one request (the reference client sends 64).")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=128.0, show_default=True,
               help="Largest request body in MiB (413 beyond).")
+@click.option("--max-inflight-mb", type=click.FloatRange(min=0, min_open=True), default=2048.0, show_default=True,
+              help="Most MiB all requests together may make the server hold (bodies, decoded images of queued "
+                   "items); 503 + Retry-After beyond. Must hold three --max-body-mb.")
+@click.option("--header-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="A connection must send a complete request head this soon (slow clients are cut off).")
+@click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Longest pause allowed while a request body is sent (408 beyond).")
+@click.option("--keep-alive-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Idle keep-alive connections are closed after this.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
               help="Answer length cap (the reference uses 256).")
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_IMAGE_PIXELS,

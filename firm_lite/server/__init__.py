@@ -7,7 +7,10 @@ the only change they make. This package owns that server, split by concern:
 - :mod:`~firm_lite.server.safe_pickle`: the only reader of pickled network input (plain data only);
 - :mod:`~firm_lite.server.protocol`: request validation and response shapes (reference + JSON API);
 - :mod:`~firm_lite.server.batching`: the worker thread that owns the critic and micro-batches;
-- :mod:`~firm_lite.server.access`: token check, body limit, refusals, request metrics;
+- :mod:`~firm_lite.server.access`: token check, refusals, request metrics;
+- :mod:`~firm_lite.server.admission`: body limit, in-flight byte budget, stalled bodies;
+- :mod:`~firm_lite.server.connections`: connection limits (request-head timeout) for uvicorn;
+- :mod:`~firm_lite.server.config`: the settings and why each default;
 - :mod:`~firm_lite.server.metrics`: counters for ``/metrics``;
 - :mod:`~firm_lite.server.app`: the FastAPI app; :mod:`~firm_lite.server.runner`: uvicorn;
 - :mod:`~firm_lite.server.loadgen`: the load test behind ``bench/serve_load.py``.
@@ -24,7 +27,7 @@ _LAZY = {
     "serve": ("firm_lite.server.runner", "serve"),
     "BackgroundServer": ("firm_lite.server.runner", "BackgroundServer"),
     "create_app": ("firm_lite.server.app", "create_app"),
-    "ServeConfig": ("firm_lite.server.app", "ServeConfig"),
+    "ServeConfig": ("firm_lite.server.config", "ServeConfig"),
     "loadtest": ("firm_lite.server.loadgen", "loadtest"),
 }
 

@@ -5,13 +5,15 @@
 - :class:`TokenMiddleware` checks every request. Clients send ``Authorization: Bearer TOKEN``;
   trainers that can only change ``REWARD_SERVER`` put ``user:TOKEN@`` in front of ``host:port``,
   which ``requests`` turns into HTTP Basic auth (the password is compared with the token).
-- :class:`BodyLimitMiddleware` refuses bodies over the limit with 413, before the app buffers
-  them: at once from ``Content-Length``, or while streaming a chunked body. It reads and drops up
-  to one more limit's worth of the body first, so the client is reading when the 413 arrives
-  (a server that hangs up mid-upload makes the client see a broken pipe, not the 413).
+- Tokens may hold any Unicode: clients send them as UTF-8 (curl, most tools) or Latin-1 (Python's
+  ``http.client``, so ``requests``, for both a Bearer header and ``user:TOKEN@`` Basic auth); the
+  raw header bytes are compared with both encodings of the token, in constant time.
+- The body limit and the in-flight budget live in :mod:`~firm_lite.server.admission`.
 - :class:`RequestMetricsMiddleware` (outermost) counts every answer, refusals included.
-- :func:`refusal_response` renders a refusal: a text body on the reference routes (what the
-  reference server and its clients use), ``{"error": ...}`` JSON on the JSON API and the rest.
+- :class:`RequestRefused` is how any layer says "answer this status with this one line";
+  :func:`refusal_response` renders it: a text body on the reference routes (what the reference
+  server and its clients use), ``{"error": ...}`` JSON on the JSON API and the rest. The line is
+  made safe to encode (a lone surrogate echoed from the input is escaped, never a 500).
 """
 
 from __future__ import annotations
@@ -64,36 +66,61 @@ def check_bind(host: str, token: str | None, insecure_no_auth: bool) -> str:
             "port can use the critic")
 
 
+class RequestRefused(Exception):
+    """A request the server answers with ``status`` and a one-line ``message`` (no traceback)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
 def refusal_response(path: str, status: int, message: str, headers: dict[str, str] | None = None) -> Any:
     """The response for a refused request (see the module docstring for the body format)."""
     from starlette.responses import JSONResponse, PlainTextResponse
 
+    message = " ".join(message.encode("utf-8", "backslashreplace").decode("utf-8").split())
     if path.startswith("/mode/"):
         return PlainTextResponse(message + "\n", status_code=status, headers=headers)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), as the raw bytes the client sent."""
     for key, value in scope.get("headers", []):
         if key.lower() == name:
             return value
     return None
 
 
+def _token_forms(token: str) -> list[bytes]:
+    forms = [token.encode("utf-8")]
+    try:
+        latin = token.encode("latin-1")
+    except UnicodeEncodeError:
+        return forms
+    return forms if latin == forms[0] else [*forms, latin]
+
+
 def token_matches(authorization: bytes | None, token: str) -> bool:
-    """Bearer TOKEN, or Basic auth whose password is TOKEN (any user name); constant-time compare."""
+    """Bearer TOKEN, or Basic auth whose password is TOKEN (any user name); constant-time compare
+    of the raw bytes with the token in UTF-8 and in Latin-1 (see the module docstring)."""
     if not authorization:
         return False
-    scheme, _, value = authorization.decode("latin-1").strip().partition(" ")
+    scheme, _, value = authorization.strip().partition(b" ")
     value = value.strip()
-    if scheme.lower() == "basic":
+    if scheme.lower() == b"basic":
         try:
-            value = base64.b64decode(value, validate=True).decode("utf-8").partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
+            value = base64.b64decode(value, validate=True).partition(b":")[2]
+        except (binascii.Error, ValueError):
             return False
-    elif scheme.lower() != "bearer":
+    elif scheme.lower() != b"bearer":
         return False
-    return hmac.compare_digest(value.encode("utf-8"), token.encode("utf-8"))
+    matched = False
+    for form in _token_forms(token):  # every form compared: the time does not say which matched
+        matched |= hmac.compare_digest(value, form)
+    return matched
 
 
 class TokenMiddleware:
@@ -104,62 +131,13 @@ class TokenMiddleware:
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.token and not token_matches(_header(scope, b"authorization"), self.token):
+        if scope["type"] == "http" and self.token and not token_matches(header(scope, b"authorization"), self.token):
             response = refusal_response(scope["path"], 401, "missing or wrong token: send 'Authorization: Bearer "
                                         "TOKEN' (or user:TOKEN@host:port in REWARD_SERVER)",
                                         {"WWW-Authenticate": 'Bearer realm="firm-lite"'})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-class BodyLimitMiddleware:
-    """413 for request bodies over ``max_bytes`` (see the module docstring)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _message(self, size: str) -> str:
-        return (f"request body of {size} is over this server's limit of {self.max_bytes:,} bytes (--max-body-mb); "
-                "send smaller batches")
-
-    async def _drain(self, receive: Receive, already: int) -> None:
-        seen = already
-        while seen <= 2 * self.max_bytes:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            seen += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            if int(length) <= 2 * self.max_bytes:
-                await self._drain(receive, 0)
-            await refusal_response(scope["path"], 413, self._message(f"{int(length):,} bytes"))(scope, receive, send)
-            return
-        from firm_lite.server.protocol import RequestRefused
-
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    if message.get("more_body", False):
-                        await self._drain(receive, received)
-                    raise RequestRefused(413, self._message(f"over {received:,} bytes"))
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 class RequestMetricsMiddleware:

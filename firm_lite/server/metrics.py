@@ -1,8 +1,15 @@
 """Counters the server keeps for ``GET /metrics`` (and the load test reads back).
 
-One :class:`ServerMetrics` per app, updated from the asyncio side (requests, latency) and from
-the worker thread (batches, items, parse failures), so every update takes a lock. Latency and
-batch-size percentiles come from a bounded window of recent values, not from all history.
+One :class:`ServerMetrics` per app, updated from the asyncio side (requests, latency, refusals)
+and from the worker thread (batches, items, parse failures, item errors), so every update takes a
+lock. Latency and batch-size percentiles come from a bounded window of recent values, not from
+all history.
+
+Counters (:meth:`ServerMetrics.count`): ``rejected_queue_full`` and ``rejected_inflight`` (503s of
+the item queue and of the in-flight byte budget), ``disconnects`` (clients gone mid-body or before
+their answer), ``header_timeouts`` and ``body_timeouts`` (slow clients cut off),
+``decode_errors`` (items whose image failed to decode in the worker), ``worker_errors`` (items
+whose scoring raised), ``batch_retries`` (failed batches re-scored one item at a time).
 """
 
 from __future__ import annotations
@@ -39,12 +46,19 @@ class ServerMetrics:
         self.batches = 0
         self.batch_seconds = 0.0
         self.rejected_queue_full = 0
+        self.rejected_inflight = 0
         self.disconnects = 0
+        self.header_timeouts = 0
+        self.body_timeouts = 0
+        self.decode_errors = 0
         self.worker_errors = 0
+        self.batch_retries = 0
         self.max_queue_depth = 0
+        self.max_inflight_bytes = 0
         self._latency: dict[str, deque[float]] = {}
         self._recent_batches: deque[int] = deque(maxlen=WINDOW)
         self.queue_depth: Callable[[], int] = lambda: 0
+        self.inflight_bytes: Callable[[], int] = lambda: 0
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -67,8 +81,12 @@ class ServerMetrics:
         with self._lock:
             self.max_queue_depth = max(self.max_queue_depth, depth)
 
+    def note_inflight(self, used: int) -> None:
+        with self._lock:
+            self.max_inflight_bytes = max(self.max_inflight_bytes, used)
+
     def count(self, name: str) -> None:
-        """Increment one of ``rejected_queue_full``, ``disconnects``, ``worker_errors``."""
+        """Increment one of the counters listed in the module docstring."""
         with self._lock:
             setattr(self, name, getattr(self, name) + 1)
 
@@ -97,6 +115,11 @@ class ServerMetrics:
                 "latency": latency,
                 "queue": {"depth": self.queue_depth(), "max_depth": self.max_queue_depth,
                           "rejected_full": self.rejected_queue_full},
+                "inflight_bytes": {"now": self.inflight_bytes(), "max": self.max_inflight_bytes,
+                                   "rejected": self.rejected_inflight},
                 "disconnects": self.disconnects,
+                "timeouts": {"header": self.header_timeouts, "body": self.body_timeouts},
+                "decode_errors": self.decode_errors,
                 "worker_errors": self.worker_errors,
+                "batch_retries": self.batch_retries,
             }

@@ -11,21 +11,36 @@ A score the critic's answer does not yield goes on the wire as 0, as the referen
 its index is listed under ``parse_failures`` (an extra key old clients ignore).
 
 The JSON API (``POST /v1/score``) takes base64 images or multipart uploads and answers with the
-same records ``firm-lite score --json`` prints. Images of both doors are decoded by
-:func:`firm_lite.images.load_image` and checked by the critic's own pair rules (:func:`prepare_pair`).
+same records ``firm-lite score --json`` prints. Ids are strings or integers (an integer becomes its
+decimal string, as in manifests); anything else is a 400.
+
+Two stages, so that memory is bounded by design:
+
+- **At the edge** (request time, cheap): shapes, texts (:func:`~firm_lite.records.check_text`: a
+  lone surrogate is a 400 naming the field, before it can reach the shared batch's tokenizer) and
+  each image's header (:func:`admit_pairs`: format, size and aspect guards, no pixel decoded). The
+  header also gives what the decode will keep (:func:`~firm_lite.images.kept_bytes`), which the
+  app reserves from the in-flight budget before queueing.
+- **In the worker**, right before its batch is scored: :func:`decode_queued` decodes the pair
+  through :meth:`Critic.prepare` (once per image, shrunk to what the budget keeps). A pair that
+  fails there fails alone: a 400 naming its index on the reference routes, an error record on
+  the JSON API.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from firm_lite.errors import ImageError, PairError
-from firm_lite.images import load_image
+from firm_lite.images import kept_bytes, probe_image
 from firm_lite.prompts import TEMPLATE_KEYS
-from firm_lite.records import EditPair, ModeScore
+from firm_lite.records import EditPair, ModeScore, check_text
+from firm_lite.server.access import RequestRefused
 
 # Route name on the wire -> critic mode ("score_execution" -> "execution").
 ROUTE_MODES: dict[str, str] = {wire: mode for mode, wire in TEMPLATE_KEYS.items()}
@@ -35,14 +50,21 @@ JSON_PAIR_KEYS = frozenset({"id", "source", "edited", "instruction", "requiremen
 PreparedItem = tuple[EditPair, Any, Any]
 
 
-class RequestRefused(Exception):
-    """A request the server answers with ``status`` and a one-line ``message`` (no traceback)."""
+__all__ = ["RequestRefused", "QueuedPair", "parse_reference_request", "parse_json_request",
+           "parse_multipart_request", "admit_pairs", "decode_queued", "reference_response"]
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+
+@dataclass(frozen=True)
+class QueuedPair:
+    """A pair that passed the edge checks, waiting for the worker: still encoded bytes.
+
+    ``labels`` name its ORIGINAL and EDITED image in messages; ``cost`` is the estimated bytes
+    its decoded images will hold (:func:`~firm_lite.images.kept_bytes`)."""
+
+    index: int
+    pair: EditPair
+    labels: tuple[str, str]
+    cost: int
 
 
 def _bad(message: str) -> RequestRefused:
@@ -91,6 +113,7 @@ def parse_reference_request(payload: Any, max_items: int) -> list[EditPair]:
                 raise _bad(f"{key}[{i}] is {type(value).__name__}; expected JPEG bytes")
         if not isinstance(prompts[i], str):
             raise _bad(f"prompts[{i}] is {type(prompts[i]).__name__}; expected str")
+        _text(prompts[i], f"prompts[{i}]", f"item {i}: ")
         requirement = ""
         if metadatas:
             meta = metadatas[i]
@@ -101,37 +124,86 @@ def parse_reference_request(payload: Any, max_items: int) -> list[EditPair]:
                 requirement = ""
             if not isinstance(requirement, str):
                 raise _bad(f"metadatas[{i}].requirement is {type(requirement).__name__}; expected str")
+            _text(requirement, f"metadatas[{i}].requirement", f"item {i}: ")
         pairs.append(EditPair(id=str(i), source=bytes(source[i]), edited=bytes(edited[i]),
                               instruction=prompts[i], requirement=requirement))
     return pairs
 
 
-def prepare_pair(critic: Any, pair: EditPair, labels: tuple[str, str] = ("source", "edited")) -> PreparedItem:
-    """Decode one pair's images and apply the critic's pair rules; raise PairError naming the image.
+def _text(value: str, what: str, prefix: str = "") -> str:
+    try:
+        return check_text(value, what)
+    except PairError as exc:
+        raise _bad(f"{prefix}{exc}") from None
 
-    ``labels`` name the ORIGINAL and EDITED image in messages (``ref_images[3]``, ``images[3]``).
-    """
-    decoded = []
-    for label, image in zip(labels, (pair.source, pair.edited), strict=True):
+
+def _probe_pair(critic: Any, pair: EditPair, labels: tuple[str, str]) -> int:
+    budget = getattr(critic, "budget", None)
+    total = 0
+    for label, data in zip(labels, (pair.source, pair.edited), strict=True):
         try:
-            decoded.append(load_image(image, critic.max_image_pixels))
+            width, height = probe_image(data, critic.max_image_pixels)
         except ImageError as exc:
             raise ImageError(f"{label}: {exc}") from None
-    ready = EditPair(pair.id, decoded[0], decoded[1], pair.instruction, pair.requirement)
-    # The critic's own rules (instruction present, not too long); decoded images pass straight through.
-    src, edt = critic.prepare(ready)
-    return ready, src, edt
+        total += kept_bytes(width, height, budget)
+    return total
 
 
-def prepare_reference(critic: Any, pairs: Sequence[EditPair]) -> list[PreparedItem]:
-    """All items of a reference request, or a 400 naming the first unusable index."""
-    items = []
+def reference_labels(i: int) -> tuple[str, str]:
+    return f"ref_images[{i}] (original)", f"images[{i}] (edited)"
+
+
+def admit_pairs(critic: Any, pairs: Sequence[EditPair], reference: bool
+                ) -> tuple[list[QueuedPair], dict[int, str]]:
+    """Probe every pair's image headers (no pixel decoded). On the reference routes the first bad
+    pair is a 400 naming its index; on the JSON API it becomes an error message for its record."""
+    queued: list[QueuedPair] = []
+    errors: dict[int, str] = {}
     for i, pair in enumerate(pairs):
+        labels = reference_labels(i) if reference else ("source", "edited")
         try:
-            items.append(prepare_pair(critic, pair, (f"ref_images[{i}] (original)", f"images[{i}] (edited)")))
+            queued.append(QueuedPair(i, pair, labels, _probe_pair(critic, pair, labels)))
         except PairError as exc:
-            raise _bad(f"item {i}: {exc}") from None
-    return items
+            if reference:
+                raise _bad(f"item {i}: {exc}") from None
+            errors[i] = pair_message(pair.id, exc)
+    return queued, errors
+
+
+def pair_message(pair_id: str, exc: BaseException) -> str:
+    """The error text of a JSON record: ``pair ID: what went wrong``."""
+    text = str(exc)
+    return text if text.startswith(f"pair {pair_id}:") else f"pair {pair_id}: {text}"
+
+
+_STAND_IN = None
+
+
+def _stand_in_image() -> Any:
+    global _STAND_IN
+    if _STAND_IN is None:
+        from PIL import Image
+
+        _STAND_IN = Image.new("RGB", (64, 64), (128, 128, 128))
+    return _STAND_IN
+
+
+def decode_queued(critic: Any, queued: QueuedPair) -> tuple[EditPair, Any, Any]:
+    """Decode a queued pair in the worker via :meth:`Critic.prepare`; a PairError names the image.
+
+    ``prepare``'s message describes an image from bytes as ``<N bytes>`` without saying which of the
+    two it is, so on that (rare) error path only, the pair is prepared again with the edited image
+    replaced by a stand-in: if it still fails, the original is the broken one."""
+    try:
+        src, edt = critic.prepare(queued.pair)
+    except ImageError as exc:
+        try:
+            critic.prepare(replace(queued.pair, edited=_stand_in_image()))
+            label = queued.labels[1]
+        except PairError:
+            label = queued.labels[0]
+        raise ImageError(f"{label}: {exc}") from None
+    return queued.pair, src, edt
 
 
 def reference_response(scores: Sequence[ModeScore]) -> dict[str, Any]:
@@ -157,6 +229,41 @@ def decode_base64_image(value: Any, where: str) -> bytes:
         raise _bad(f"{where}: not valid base64") from None
 
 
+def _pair_id(value: Any, what: str) -> str:
+    """A string id as is, an integer as its decimal string (as in manifests); nothing else."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _bad(f"{what} must be a string or an integer (got {type(value).__name__})")
+    if isinstance(value, int):
+        return str(value)
+    if not value.strip():
+        raise _bad(f"{what} is empty")
+    return _text(value, what)
+
+
+def json_values_bound(max_items: int) -> int:
+    """Most JSON values (roughly: commas, brackets and braces) a /v1/score body may hold.
+
+    A pair needs about ten; its instruction and requirement text may add commas. The bound exists
+    because ``json.loads`` holds the GIL for its whole run, so a body of millions of tiny values
+    would stall the event loop even from a worker thread (10 M values: 2.7 s)."""
+    return 50_000 + 10_000 * max_items
+
+
+def parse_json_body(body: bytes, max_items: int) -> list[EditPair]:
+    """A /v1/score JSON body -> pairs, or a 400 (run it off the event loop)."""
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if values > json_values_bound(max_items):
+        raise _bad(f"JSON body has about {values:,} values, over the {json_values_bound(max_items):,} a request "
+                   f"of {max_items} pairs may need")
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise _bad("body is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int over 4,300 digits
+        raise _bad(f"body is not valid JSON ({exc})") from None
+    return parse_json_request(payload, max_items)
+
+
 def parse_json_request(payload: Any, max_items: int) -> list[EditPair]:
     """``{"pairs": [{"id", "source", "edited", "instruction", "requirement"}]}`` -> pairs (bytes)."""
     if not isinstance(payload, dict) or set(payload) != {"pairs"}:
@@ -178,10 +285,10 @@ def parse_json_request(payload: Any, max_items: int) -> list[EditPair]:
         instruction, requirement = item["instruction"], item.get("requirement", "")
         if not isinstance(instruction, str) or not isinstance(requirement, str):
             raise _bad(f"pairs[{i}]: instruction and requirement must be strings")
-        pair_id = item.get("id", str(i))
-        if not isinstance(pair_id, (str, int)) or isinstance(pair_id, bool):
-            raise _bad(f"pairs[{i}]: id must be a string")
-        pairs.append(EditPair(id=str(pair_id), source=decode_base64_image(item["source"], f"pairs[{i}].source"),
+        _text(instruction, f"pairs[{i}].instruction")
+        _text(requirement, f"pairs[{i}].requirement")
+        pair_id = _pair_id(item.get("id", str(i)), f"pairs[{i}].id")
+        pairs.append(EditPair(id=pair_id, source=decode_base64_image(item["source"], f"pairs[{i}].source"),
                               edited=decode_base64_image(item["edited"], f"pairs[{i}].edited"),
                               instruction=instruction, requirement=requirement))
     return pairs
@@ -211,6 +318,8 @@ async def parse_multipart_request(form: Any, max_items: int) -> list[EditPair]:
         texts = [instructions[i], requirements[i] if requirements else "", ids[i] if ids else str(i)]
         if not all(isinstance(t, str) for t in texts):
             raise _bad(f"multipart: instruction, requirement and id #{i} must be text fields")
-        pairs.append(EditPair(id=texts[2], source=files[0], edited=files[1], instruction=texts[0],
-                              requirement=texts[1]))
+        for text, name in zip(texts, ("instruction", "requirement", "id"), strict=True):
+            _text(text, f"multipart: {name} #{i}")
+        pairs.append(EditPair(id=_pair_id(texts[2], f"multipart: id #{i}"), source=files[0], edited=files[1],
+                              instruction=texts[0], requirement=texts[1]))
     return pairs
