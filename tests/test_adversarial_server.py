@@ -183,12 +183,12 @@ def test_decoded_images_count_against_the_in_flight_budget() -> None:
     assert fits.status_code == 200
 
 
-@pytest.mark.slow  # a child process imports torch and loads the tiny critic (~15 s)
 def test_peak_memory_of_the_server_is_bounded_for_huge_images_and_the_memo_bomb(tmp_path: Path) -> None:
     """Issue 14's reproductions on the tiny critic: 4 pairs of 8000 x 8000 black PNGs (used to peak
     above 7.5 GB) and the 9-byte memo pickle (4.96 GB). Bound: the one full-size decode the
     worker does at a time (8000 x 8000 x 3 = 183 MiB) plus 128 MiB, short of two decodes at once
-    (measured: +243 MiB, the same for 1, 4 or 64 pairs); the memo bomb: 32 MiB (measured: 0)."""
+    (measured: +243 MiB, the same for 1, 4 or 64 pairs); the memo bomb: 32 MiB (measured: 0).
+    About 20 s on an idle 2-core machine (a child imports torch; eight 8000 x 8000 decodes)."""
     png = tmp_path / "black.png"
     png.write_bytes(black_png(8000, 8000))
     script = textwrap.dedent('''
@@ -306,7 +306,11 @@ BAD_BODIES: dict[str, tuple[str, Callable[[], bytes], str]] = {  # built when ru
     "float-50M-digits": ("/mode/score_execution", lambda: b"F" + b"1" * 50_000_000 + b"\n.", "FLOAT argument"),
     "put-index-10**20": ("/mode/score_execution", lambda: b"(lp100000000000000000000\n.", "memo index"),
     "put-index-1e20": ("/mode/score_execution", lambda: b"(lp1e20\n.", "not a number"),
-    "json-nested-100k": ("/v1/score", lambda: b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "json-nested-100k": ("/v1/score", lambda: b'{"pairs": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}",
+                         "nested too deeply"),
+    "json-top-level-array": ("/v1/score", lambda: b"[" * 100_000 + b"]" * 100_000, "body must be a JSON object"),
+    "json-trailing-junk": ("/v1/score", lambda: b'{"pairs": []} []', "body must be a JSON object"),
+    "json-65-pairs": ("/v1/score", lambda: b'{"pairs": [' + b",".join([b"{}"] * 65) + b"]}", "more than 64 edits"),
     "json-int-5000-digits": ("/v1/score", lambda: b'{"pairs": [{"id": ' + b"7" * 5000 + b"}]}", "not valid JSON"),
     "json-2M-values": ("/v1/score", lambda: b"[" + b"1," * 2_000_000 + b"1]", "values"),
     "json-not-utf8": ("/v1/score", lambda: b'{"pairs": "\xff"}', "not valid JSON"),
@@ -411,6 +415,12 @@ def test_memory_for_concurrent_bodies_stays_under_the_budget() -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result["statuses"]) <= {400, 503} and 400 in result["statuses"], result  # "not an image"
     assert result["growth_mib"] < 48 + 32, result
+
+
+def test_a_client_expecting_100_continue_is_refused_before_it_uploads() -> None:
+    with serve(StandInCritic(), max_body_mb=0.25, max_inflight_mb=1.0) as srv:
+        answer = read_all(open_body(srv, 300_000, extra=b"Expect: 100-continue\r\nConnection: close\r\n"))
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer
 
 
 def test_config_refuses_a_budget_that_cannot_hold_one_body() -> None:

@@ -24,7 +24,8 @@ whatever clients do.
 cuts off a client that stops sending its body for ``--body-timeout-s`` (408), which would
 otherwise hold its reservation forever. Before a 413/503 it reads and drops up to one more
 limit's worth of the body, so the client is reading when the refusal arrives (a server that hangs
-up mid-upload makes the client see a broken pipe, not the status).
+up mid-upload makes the client see a broken pipe, not the status); a client that sent ``Expect:
+100-continue`` is refused before it sends the body at all.
 """
 
 from __future__ import annotations
@@ -124,17 +125,20 @@ class BodyGuardMiddleware:
             return
         raw = header(scope, b"content-length")
         length = int(raw) if raw is not None and raw.isdigit() else None
+        # reading would send "100 Continue": a client waiting for it is refused before it uploads
+        drain = (header(scope, b"expect") or b"").lower() != b"100-continue"
         held = 0
         try:
             if length is not None and length > self.max_bytes:
-                if length <= 2 * self.max_bytes:
+                if drain and length <= 2 * self.max_bytes:
                     await self._drain(receive, 0)
                 raise RequestRefused(413, self._too_big(f"{length:,} bytes"))
             if length:
                 cost = BODY_WEIGHT * length
                 if not self.budget.try_reserve(cost):
                     refusal = over_budget(self.budget, cost, "this request body", self.retry_after())
-                    await self._drain(receive, 0)
+                    if drain:
+                        await self._drain(receive, 0)
                     raise refusal
                 held = cost
         except RequestRefused as exc:

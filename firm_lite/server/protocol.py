@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -241,12 +242,52 @@ def _pair_id(value: Any, what: str) -> str:
 
 
 def json_values_bound(max_items: int) -> int:
-    """Most JSON values (roughly: commas, brackets and braces) a /v1/score body may hold.
-
-    A pair needs about ten; its instruction and requirement text may add commas. The bound exists
-    because ``json.loads`` holds the GIL for its whole run, so a body of millions of tiny values
-    would stall the event loop even from a worker thread (10 M values: 2.7 s)."""
+    """Most JSON values (roughly: commas, brackets and braces) a /v1/score body may hold: a pair
+    needs about ten, its instruction and requirement text may add commas. Bounds the work of
+    parsing one body whatever its shape."""
     return 50_000 + 10_000 * max_items
+
+
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+_SHAPE = 'body must be a JSON object {"pairs": [{"source": b64, "edited": b64, "instruction": str}]}'
+
+
+def _expect(text: str, at: int, char: str) -> int:
+    at = _SPACE.match(text, at).end()
+    if text[at:at + 1] != char:
+        raise _bad(_SHAPE)
+    return _SPACE.match(text, at + 1).end()
+
+
+def _json_pairs(text: str, max_items: int) -> list[Any]:
+    """The elements of ``{"pairs": [...]}``, each parsed by its own ``json`` call.
+
+    ``json.loads`` holds the GIL for its whole run, so one call on a 120 MB body stalls the event
+    loop even from a worker thread; one call per pair holds it for one pair at a time."""
+    at = _expect(text, 0, "{")
+    key, at = _DECODER.raw_decode(text, at)
+    if key != "pairs":
+        raise _bad(_SHAPE)
+    at = _expect(text, _expect(text, at, ":"), "[")
+    items: list[Any] = []
+    if text[at:at + 1] == "]":
+        at += 1
+    else:
+        while True:
+            item, at = _DECODER.raw_decode(text, at)
+            items.append(item)
+            if len(items) > max_items:
+                raise _bad(f"more than {max_items} edits in one request is over this server's limit "
+                           "(--max-items); send smaller batches")
+            at = _SPACE.match(text, at).end()
+            if text[at:at + 1] == "]":
+                at += 1
+                break
+            at = _expect(text, at, ",")
+    if _SPACE.match(text, _expect(text, at, "}")).end() != len(text):
+        raise _bad(_SHAPE)
+    return items
 
 
 def parse_json_body(body: bytes, max_items: int) -> list[EditPair]:
@@ -256,18 +297,18 @@ def parse_json_body(body: bytes, max_items: int) -> list[EditPair]:
         raise _bad(f"JSON body has about {values:,} values, over the {json_values_bound(max_items):,} a request "
                    f"of {max_items} pairs may need")
     try:
-        payload = json.loads(body)
+        items = _json_pairs(body.decode("utf-8-sig"), max_items)
     except RecursionError:
         raise _bad("body is not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int over 4,300 digits
         raise _bad(f"body is not valid JSON ({exc})") from None
-    return parse_json_request(payload, max_items)
+    return parse_json_request({"pairs": items}, max_items)
 
 
 def parse_json_request(payload: Any, max_items: int) -> list[EditPair]:
     """``{"pairs": [{"id", "source", "edited", "instruction", "requirement"}]}`` -> pairs (bytes)."""
     if not isinstance(payload, dict) or set(payload) != {"pairs"}:
-        raise _bad('body must be a JSON object {"pairs": [{"source": b64, "edited": b64, "instruction": str}]}')
+        raise _bad(_SHAPE)
     items = payload["pairs"]
     if not isinstance(items, list):
         raise _bad("pairs must be a list")
