@@ -22,7 +22,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "firm_lite.teacher_forcing"),
     1: ("firm_lite.variants", "firm_lite.onnx"),  # backends: load what builders made
     2: ("firm_lite.export",),  # builders
-    3: ("firm_lite.calibration", "firm_lite.bench"),  # harnesses
+    3: ("firm_lite.calibration", "firm_lite.bench", "firm_lite.report"),  # harnesses
     4: ("firm_lite.server",),
     5: ("firm_lite.cli",),
 }
