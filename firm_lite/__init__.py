@@ -2,9 +2,10 @@
 
 Public API (imports are lazy: ``import firm_lite`` does not import torch)::
 
-    from firm_lite import load_critic, score, EditPair
-    critic = load_critic("tiny")
+    from firm_lite import CriticSettings, EditPair, load_critic, score
+    critic = load_critic(CriticSettings(model="tiny"))      # or load_critic("tiny")
     records = critic.score([EditPair("a", "src.png", "edit.png", "make the sky pink")])
+    run = score(CriticSettings(model="tiny"), manifest="pairs.jsonl", out="scores.jsonl")
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_critic": ("firm_lite.critic", "load_critic"),
     "Critic": ("firm_lite.critic", "Critic"),
+    "CriticSettings": ("firm_lite.settings", "CriticSettings"),
     "score": ("firm_lite.scoring", "score"),
     "EditPair": ("firm_lite.records", "EditPair"),
     "ModeScore": ("firm_lite.records", "ModeScore"),

@@ -1,7 +1,8 @@
 """The critic: a loaded model + processor that turns edit pairs into records.
 
-:func:`load_critic` resolves the model source and variant, loads once per process (cached by its
-arguments), and pins the image budget and decoding settings. :meth:`Critic.score` decodes each
+:func:`load_critic` resolves the model source and variant from a
+:class:`~firm_lite.settings.CriticSettings`, loads once per process (cached by those settings),
+and pins the image budget and decoding settings. :meth:`Critic.score` decodes each
 pair's images once, renders both modes through :mod:`firm_lite.prompts`, generates in batches,
 and returns one record per pair; a pair whose images cannot be used becomes an error record and
 the others go on.
@@ -21,21 +22,14 @@ from firm_lite.cme import CMEWeights
 from firm_lite.errors import PairError
 from firm_lite.generation import DecodingConfig, generate_answers
 from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS, ImageBudget, load_image
-from firm_lite.prompts import MODES, build_messages
+from firm_lite.prompts import MODES, render_text
 from firm_lite.records import EditPair, ModeScore, build_record, check_text
+from firm_lite.settings import FAST_SUFFIX, CriticSettings, split_protocol
 from firm_lite.sources import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
 MAX_INSTRUCTION_CHARS = 4000
-FAST_SUFFIX = "+fast"  # "<variant>+fast": that variant under the fast protocol (calibrate, bench)
-
-
-def split_protocol(variant: str, protocol: str = "full") -> tuple[str, str]:
-    """``"nf4+fast"`` -> ``("nf4", "fast")``; other names keep ``protocol``."""
-    if variant.endswith(FAST_SUFFIX):
-        return variant[: -len(FAST_SUFFIX)], "fast"
-    return variant, protocol
 
 
 @dataclass
@@ -54,6 +48,7 @@ class Critic:
     provenance: dict[str, Any] = field(default_factory=dict)
     engine: str = "auto"  # "auto": shared-prefix engine when the backend allows; "generate": plain HF generate
     protocol: str = "full"  # "full": the reference protocol; "fast": score read without reasoning
+    settings: CriticSettings = field(default_factory=CriticSettings)  # what it was loaded with
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -62,8 +57,7 @@ class Critic:
 
     def render(self, mode: str, instruction: str, requirement: str = "") -> str:
         """The exact text (with image placeholders) sent for one mode."""
-        messages = build_messages(mode, instruction, None, None, requirement)
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_text(self.processor, mode, instruction, requirement)
 
     def prepare(self, pair: EditPair) -> tuple[Any, Any]:
         """Check the pair's texts and decode both images, each once and shrunk to what this
@@ -174,65 +168,66 @@ class Critic:
             yield records[i]
 
 
-_CACHE: dict[tuple, Critic] = {}
+_CACHE: dict[CriticSettings, Critic] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_critic(model: str = DEFAULT_MODEL, variant: str = "default", device: str = "auto",
-                dtype: str = "auto", min_pixels: int | None = None, max_pixels: int | None = None,
-                max_new_tokens: int = 256, weights: CMEWeights | None = None,
-                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, revision: str | None = None,
-                engine: str = "auto", protocol: str = "full") -> Critic:
-    """Load (once per process for the same arguments) a critic ready to score.
+def load_critic(settings: CriticSettings | str | None = None, /, **changes: Any) -> Critic:
+    """Load (once per process for the same settings) a critic ready to score.
 
-    ``model``: hub id, local folder or ``tiny``. ``variant``: a registered name (``fp32``,
-    ``bf16``, ...), an exported variant folder, ``default`` (``dtype`` decides), any of these
-    with ``+fast`` (the fast protocol, same as ``protocol="fast"``), or ``auto``
-    (the most accurate variant that fits the device's free memory; the reason goes to stderr and
-    ``provenance["variant_choice"]``).
+    ``load_critic(CriticSettings(model="tiny", device="cpu"))``, or the same as keywords:
+    ``load_critic("tiny", device="cpu")`` (see :class:`~firm_lite.settings.CriticSettings`).
+    ``variant="auto"`` picks the most accurate variant that fits the device's free memory; the
+    reason is logged and kept in ``provenance["variant_choice"]``.
     """
-    variant, protocol = split_protocol(variant, protocol)
-    key = (model, variant, device, dtype, min_pixels, max_pixels, max_new_tokens, weights,
-           max_image_pixels, revision)
+    settings = CriticSettings.coerce(settings, **changes)
+    _, protocol = split_protocol(settings.variant, settings.protocol)
+    key = settings.load_key
     with _CACHE_LOCK:
         if key in _CACHE:
             # same weights, processor and settings: share them; engine/protocol are per view
-            return _view(_CACHE[key], engine, protocol)
-        from firm_lite.device import dtype_name, resolve_device, resolve_dtype
-        from firm_lite.sources import resolve_model
-        from firm_lite.variants.registry import LoadRequest, resolve_variant
-
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        choice = None
-        if variant == "auto":  # the most accurate variant that fits this device's free memory
-            from firm_lite.plan import auto_image_size, choose_variant
-
-            variant, choice = choose_variant(model, dev, image_size=auto_image_size(max_pixels))
-            log.info("%s", choice)
-        spec, folder = resolve_variant(variant)
-        # An exported folder carries its own config and processor: unless --model names another
-        # checkpoint it is its own source (no hub lookup for weights the backend does not use).
-        source = resolve_model(str(folder) if folder is not None and model == DEFAULT_MODEL else model,
-                               revision=revision)
-        with _no_weight_loading_bar():
-            loaded_model, processor = spec.load(LoadRequest(source=source, device=dev, dtype=torch_dtype,
-                                                            folder=folder))
-        drift_warning = calibration_warning(folder)
-        if drift_warning:  # said once per load: a score from an ungated variant must not pass unnoticed
-            log.warning("%s", drift_warning)
-        budget = ImageBudget.from_processor(processor, min_pixels, max_pixels)
-        label = str(folder) if folder else (f"{spec.name}:{dtype_name(torch_dtype)}"
-                                            if spec.name == "default" else spec.name)
-        critic = Critic(model=loaded_model, processor=processor, model_id=source.model_id,
-                        variant=label, device=dev, budget=budget,
-                        decoding=DecodingConfig(max_new_tokens=max_new_tokens),
-                        weights=weights or CMEWeights(), max_image_pixels=max_image_pixels,
-                        provenance={"source": source.as_record(), "variant_family": spec.family,
-                                    "variant_folder": str(folder) if folder else None,
-                                    "variant_choice": choice, "drift_warning": drift_warning})
+            return _view(_CACHE[key], settings.engine, protocol)
+        critic = _load(key)
         _CACHE[key] = critic
-        return _view(critic, engine, protocol)
+        return _view(critic, settings.engine, protocol)
+
+
+def _load(settings: CriticSettings) -> Critic:
+    from firm_lite.device import dtype_name, resolve_device, resolve_dtype
+    from firm_lite.sources import resolve_model
+    from firm_lite.variants.registry import LoadRequest, resolve_variant
+
+    model, variant = settings.model, settings.variant
+    dev = resolve_device(settings.device)
+    torch_dtype = resolve_dtype(settings.dtype, dev)
+    choice = None
+    if variant == "auto":  # the most accurate variant that fits this device's free memory
+        from firm_lite.plan import auto_image_size, choose_variant
+
+        variant, choice = choose_variant(model, dev, image_size=auto_image_size(settings.max_pixels))
+        log.info("%s", choice)
+    spec, folder = resolve_variant(variant)
+    # An exported folder carries its own config and processor: unless --model names another
+    # checkpoint it is its own source (no hub lookup for weights the backend does not use).
+    source = resolve_model(str(folder) if folder is not None and model == DEFAULT_MODEL else model,
+                           revision=settings.revision)
+    with _no_weight_loading_bar():
+        loaded_model, processor = spec.load(LoadRequest(source=source, device=dev, dtype=torch_dtype,
+                                                        folder=folder))
+    drift_warning = calibration_warning(folder)
+    if drift_warning:  # said once per load: a score from an ungated variant must not pass unnoticed
+        log.warning("%s", drift_warning)
+    budget = ImageBudget.from_processor(processor, settings.min_pixels, settings.max_pixels)
+    label = str(folder) if folder else (f"{spec.name}:{dtype_name(torch_dtype)}"
+                                        if spec.name == "default" else spec.name)
+    return Critic(model=loaded_model, processor=processor, model_id=source.model_id,
+                  variant=label, device=dev, budget=budget,
+                  decoding=DecodingConfig(max_new_tokens=settings.max_new_tokens),
+                  weights=settings.weights, max_image_pixels=settings.max_image_pixels,
+                  provenance={"source": source.as_record(), "variant_family": spec.family,
+                              "variant_folder": str(folder) if folder else None,
+                              "variant_choice": choice, "drift_warning": drift_warning},
+                  settings=settings)
 
 
 @contextmanager
@@ -253,7 +248,8 @@ def _no_weight_loading_bar() -> Iterator[None]:
 def _view(critic: Critic, engine: str, protocol: str) -> Critic:
     """The shared loaded critic under an engine/protocol; a fast view is labelled as such."""
     label = critic.variant + (FAST_SUFFIX if protocol == "fast" else "")
-    return replace(critic, engine=engine, protocol=protocol, variant=label)
+    return replace(critic, engine=engine, protocol=protocol, variant=label,
+                   settings=critic.settings.replace(engine=engine, protocol=protocol))
 
 
 def release_critic(critic: Critic) -> None:

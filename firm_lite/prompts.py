@@ -4,8 +4,10 @@ FIRM-Edit-8B was trained on these exact templates (whitespace included), so they
 data copied verbatim from the reference server (VisionXLab/FIRM-Reward,
 ``editing/reward_server/prompt_template.py``, Apache-2.0; see ``firm_lite/data/NOTICE``).
 This module owns the message order: one user turn holding the ORIGINAL image, then the EDITED
-image, then the mode's text. Every caller (CLI, server, calibration, export calibration data,
-benchmark) renders through :func:`build_messages` so a score means the same thing everywhere.
+image, then the mode's text, and the one renderer of that turn into the model's text
+(:func:`render_text`, :func:`chat_text`). Every caller (CLI, server, calibration, GPTQ
+calibration samples, benchmark, the vLLM backend) renders through it, so a score means the same
+thing everywhere.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def build_messages(mode: str, instruction: str, source: Any, edited: Any,
             {"type": "text", "text": render_prompt(mode, instruction, requirement)},
         ],
     }]
+
+
+def chat_text(processor: Any, messages: list[dict[str, Any]]) -> str:
+    """The chat template applied to ``messages`` with the generation prompt, untokenized (images
+    as placeholders): the one place firm-lite turns a turn into text."""
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_text(processor: Any, mode: str, instruction: str, requirement: str = "") -> str:
+    """The exact text (with image placeholders) sent for one mode of one pair."""
+    return chat_text(processor, build_messages(mode, instruction, None, None, requirement))
 
 
 def prompt_hash() -> str:

@@ -12,23 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firm_lite.cme import CMEWeights
+from firm_lite.data import demo_pair
 from firm_lite.errors import PairError
-from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
 from firm_lite.manifest import ManifestRow, ResultIndex, ResultWriter, read_manifest, read_results
 from firm_lite.records import EditPair, build_record, check_text
-from firm_lite.sources import DEFAULT_MODEL
-
-
-def demo_pair() -> EditPair:
-    """The bundled demo edit (a real photo and its exact greyscale version)."""
-    import json
-    from importlib import resources
-
-    folder = resources.files("firm_lite.data") / "demo"
-    meta = json.loads((folder / "demo.json").read_text("utf-8"))
-    return EditPair(meta["id"], Path(str(folder / meta["source"])), Path(str(folder / meta["edited"])),
-                    meta["instruction"])
+from firm_lite.settings import CriticSettings
 
 
 @dataclass
@@ -74,15 +62,13 @@ def run_provenance(critic: Any) -> dict[str, Any]:
     }
 
 
-def score(*, source: str | Path | None = None, edited: str | Path | None = None,
-          instruction: str | None = None, requirement: str = "", pair_id: str = "pair",
-          manifest: str | Path | None = None, demo: bool = False, out: str | Path | None = None,
-          model: str = DEFAULT_MODEL, variant: str = "default", device: str = "auto", dtype: str = "auto",
-          min_pixels: int | None = None, max_pixels: int | None = None, max_new_tokens: int = 256,
-          batch_size: int = 4, w1: float = 0.6, w2: float = 0.4, retry_errors: bool = False,
-          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = False,
-          protocol: str = "full") -> ScoreRun:
-    """Score one pair (``source``/``edited``/``instruction``) or a ``manifest``; see module doc."""
+def score(settings: CriticSettings | None = None, *, source: str | Path | None = None,
+          edited: str | Path | None = None, instruction: str | None = None, requirement: str = "",
+          pair_id: str = "pair", manifest: str | Path | None = None, demo: bool = False,
+          out: str | Path | None = None, batch_size: int = 4, retry_errors: bool = False,
+          progress: bool = False) -> ScoreRun:
+    """Score one pair (``source``/``edited``/``instruction``), the bundled ``demo`` pair, or a
+    ``manifest`` with the critic ``settings`` describe; see the module docstring."""
     from firm_lite.critic import load_critic
     from firm_lite.errors import UserError
 
@@ -107,10 +93,8 @@ def score(*, source: str | Path | None = None, edited: str | Path | None = None,
         rows = list(read_manifest(manifest))
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
-    try:
-        weights = CMEWeights(w1, w2)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    settings = settings or CriticSettings()
+    weights = settings.weights
 
     done = read_results(out) if out else ResultIndex()
     run = ScoreRun()
@@ -128,9 +112,7 @@ def score(*, source: str | Path | None = None, edited: str | Path | None = None,
 
     writer = ResultWriter(out) if out else None  # a bad --out fails here, before minutes of loading
     try:
-        critic = load_critic(model=model, variant=variant, device=device, dtype=dtype, min_pixels=min_pixels,
-                             max_pixels=max_pixels, max_new_tokens=max_new_tokens, weights=weights,
-                             max_image_pixels=max_image_pixels, protocol=protocol)
+        critic = load_critic(settings)
         run.provenance = run_provenance(critic)
         bar = None
         if progress and todo:

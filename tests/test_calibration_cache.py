@@ -76,12 +76,13 @@ def test_weights_fingerprint_follows_weights_not_the_calibration_record(tmp_path
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory):
-    from firm_lite.calibration.collect import CriticSettings, base_key_parts
+    from firm_lite.calibration.collect import base_key_parts
+    from firm_lite.settings import CriticSettings
 
     memo = FingerprintMemo(tmp_path_factory.mktemp("memo") / "fp.json")
 
     def parts(**kw):
-        return base_key_parts(CriticSettings(model="tiny", device="cpu", **kw), "m" * 64, memo)
+        return base_key_parts(CriticSettings(model="tiny", device="cpu", **kw), 4, "m" * 64, memo)
     return parts
 
 
@@ -97,15 +98,16 @@ def test_reference_key_changes_with_prompt_budget_decoding(tiny_base, monkeypatc
 
 
 def test_side_caches_are_keyed_by_manifest_variant_and_reference(tiny_base, tmp_path: Path) -> None:
-    from firm_lite.calibration.collect import CriticSettings, base_key_parts, describe_side, side_cache
+    from firm_lite.calibration.collect import base_key_parts, describe_side, side_cache
+    from firm_lite.settings import CriticSettings
 
     memo = FingerprintMemo(tmp_path / "fp.json")
     settings = CriticSettings(model="tiny", device="cpu")
     fp32 = describe_side("fp32", settings, memo)
     noisy = describe_side("noisy", settings, memo)
-    one = base_key_parts(settings, "a" * 64, memo)
+    one = base_key_parts(settings, 4, "a" * 64, memo)
     ref = side_cache(str(tmp_path), one, fp32)
-    assert side_cache(str(tmp_path), base_key_parts(settings, "b" * 64, memo), fp32).key != ref.key  # manifest
+    assert side_cache(str(tmp_path), base_key_parts(settings, 4, "b" * 64, memo), fp32).key != ref.key  # manifest
     var = side_cache(str(tmp_path), one, noisy, ref.key)
     assert var.path.name.startswith("variant-noisy-")
     assert var.key != side_cache(str(tmp_path), one, fp32, ref.key).key

@@ -13,9 +13,11 @@ import pytest
 from firm_lite.artifact import calibration_warning
 from firm_lite.calibration import gate
 from firm_lite.calibration.runner import calibrate
+from firm_lite.settings import CriticSettings
 
 N_PAIRS = 6
-OPTS = {"model": "tiny", "device": "cpu", "max_new_tokens": 64, "batch_size": 3}
+SETTINGS = CriticSettings(model="tiny", device="cpu", max_new_tokens=64)
+OPTS = {"batch_size": 3}
 INSTRUCTIONS = ("Make the sky red.", "Remove the car on the left.", "Change the background to blue.",
                 "Add a small house in the corner.", "Paint the boat gold and keep everything else unchanged.",
                 "Make the cup bigger.")
@@ -60,7 +62,7 @@ def _exported_copy(dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def identical(manifest: Path, tmp_path_factory: pytest.TempPathFactory):
     """fp32 against the CPU reference (also fp32): the same model twice."""
-    return calibrate(variants=["fp32"], manifest=manifest, out=tmp_path_factory.mktemp("cal"), **OPTS)
+    return calibrate(SETTINGS, variants=["fp32"], manifest=manifest, out=tmp_path_factory.mktemp("cal"), **OPTS)
 
 
 def test_fp32_against_itself_has_zero_drift_and_passes(identical) -> None:
@@ -108,13 +110,13 @@ def test_noisy_variant_fails_the_gate_and_names_worst_items(identical, manifest:
 
 
 def test_rerun_is_served_from_the_caches(identical, manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from firm_lite.calibration.collect import CriticSettings
+    import firm_lite.critic
 
-    def no_model(self, variant):  # noqa: ANN001
-        raise AssertionError(f"{variant} was loaded although its results are cached")
+    def no_model(settings, **_):  # noqa: ANN001
+        raise AssertionError(f"{settings.variant} was loaded although its results are cached")
 
-    monkeypatch.setattr(CriticSettings, "load", no_model)
-    again = calibrate(variants=["fp32"], manifest=manifest, out=identical.out_dir, **OPTS)
+    monkeypatch.setattr(firm_lite.critic, "load_critic", no_model)
+    again = calibrate(SETTINGS, variants=["fp32"], manifest=manifest, out=identical.out_dir, **OPTS)
     assert again.result["variants"][0]["metrics"] == identical.result["variants"][0]["metrics"]
 
 
@@ -136,12 +138,12 @@ def test_interrupted_export_calibration_resumes_and_records_its_verdict(
     # the reference comes from the shared cache; the variant is interrupted after one batch
     opts = {**OPTS, "out": tmp_path / "out", "cache_dir": identical.out_dir / "cache"}
     with pytest.raises(KeyboardInterrupt):
-        calibrate(variants=[str(folder)], manifest=manifest, **opts)
+        calibrate(SETTINGS, variants=[str(folder)], manifest=manifest, **opts)
     partial = [p for p in (identical.out_dir / "cache").glob("variant-variant-*.jsonl")]
     assert len(partial) == 1 and len(partial[0].read_text().splitlines()) == 1 + 3  # header + one batch
 
     calls["n"] = -100  # no more interrupts; count what the rerun computes
-    run = calibrate(variants=[str(folder)], manifest=manifest, **opts)
+    run = calibrate(SETTINGS, variants=[str(folder)], manifest=manifest, **opts)
     assert calls["n"] == -100 + N_PAIRS - 3  # only the variant's missing items
     assert run.passed and run.result["variants"][0]["metrics"]["consistency"]["kl_max"] == 0.0
 
@@ -156,7 +158,7 @@ def test_score_warns_for_uncalibrated_and_failed_variants(tmp_path: Path, caplog
     from firm_lite.scoring import score
 
     folder = _exported_copy(tmp_path / "variant")
-    score(model="tiny", variant=str(folder), device="cpu", demo=True, max_new_tokens=64)
+    score(CriticSettings(model="tiny", variant=str(folder), device="cpu", max_new_tokens=64), demo=True)
     lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("firm_lite")]
     assert len(lines) == 1 and "never calibrated" in lines[0] and str(folder) in lines[0]
 

@@ -40,7 +40,7 @@ EXPECTED_BOUND = {4: 0.2, 8: 0.2}
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Demo pair + two synthetic pairs (random blocks, one region recoloured)."""
-    from firm_lite.scoring import demo_pair
+    from firm_lite.data import demo_pair
 
     folder = tmp_path_factory.mktemp("calib")
     demo = demo_pair()
@@ -99,8 +99,8 @@ def bits_of(name: str) -> int:
 
 
 def demo_inputs():
+    from firm_lite.data import demo_pair
     from firm_lite.images import load_image
-    from firm_lite.scoring import demo_pair
 
     pair = demo_pair()
     return pair, [load_image(pair.source), load_image(pair.edited)]
@@ -157,7 +157,7 @@ def test_export_writes_a_standard_folder_with_provenance(exported, name: str) ->
 @pytest.mark.parametrize("name", VARIANTS)
 def test_reloads_with_vision_and_lm_head_unquantized_and_scores_the_demo(exported, reference, name: str) -> None:
     from firm_lite.critic import load_critic
-    from firm_lite.scoring import demo_pair
+    from firm_lite.data import demo_pair
 
     critic = load_critic(model=MODEL, variant=str(exported(name)), device="cpu")
     model = critic.model

@@ -16,6 +16,7 @@ from firm_lite.errors import ImageError, ManifestError, PairError, UserError
 from firm_lite.images import ImageBudget, load_image, probe_image, reduce_factor
 from firm_lite.manifest import ResultWriter, read_manifest, read_results
 from firm_lite.records import check_text
+from firm_lite.settings import CriticSettings
 
 TINY_BUDGET = ImageBudget(min_pixels=32 * 32, max_pixels=160 * 160)
 
@@ -188,10 +189,10 @@ def test_resume_after_a_crash_never_loses_a_duplicated_id(tiny_critic, pairs_dir
 
     monkeypatch.setattr(ResultWriter, "write", write_then_die)
     with pytest.raises(_Killed):
-        score(manifest=manifest, out=out, model="tiny", device="cpu", batch_size=4)
+        score(CriticSettings(model="tiny", device="cpu"), manifest=manifest, out=out, batch_size=4)
     monkeypatch.setattr(ResultWriter, "write", real_write)
     assert written == ["k000", "k001"]  # manifest order: the duplicate's error row comes after k001
-    run = score(manifest=manifest, out=out, model="tiny", device="cpu", batch_size=4)
+    run = score(CriticSettings(model="tiny", device="cpu"), manifest=manifest, out=out, batch_size=4)
     assert run.skipped == 2
     done = read_results(out)
     assert sorted(done) == [f"k{i:03d}" for i in range(6)]
@@ -207,7 +208,7 @@ def test_one_bad_row_does_not_abort_the_run(tiny_critic, pairs_dir: Path) -> Non
                                                                     source="src1.png", edited="edt1.png"),
             _row("bad\ud800"), _row("c", source="src2.png", edited="edt2.png")]
     out = pairs_dir / "o.jsonl"
-    run = score(manifest=_write(pairs_dir / "m.jsonl", rows), out=out, model="tiny", device="cpu")
+    run = score(CriticSettings(model="tiny", device="cpu"), manifest=_write(pairs_dir / "m.jsonl", rows), out=out)
     by_id = {r["id"]: r for r in run.records}
     assert set(by_id) == {"a", "b", "line-3", "c"}
     assert by_id["a"]["error"] is None and by_id["c"]["error"] is None
@@ -244,4 +245,4 @@ def test_bad_out_is_a_usage_error_before_the_model_loads(pairs_dir: Path, monkey
     manifest = _write(pairs_dir / "m.jsonl", [_row("a", source="src0.png", edited="edt0.png")])
     for bad in ("/proc/nope/x.jsonl", "/dev/full"):
         with pytest.raises(UserError, match="--out"):
-            score(manifest=manifest, out=bad, model="tiny", device="cpu")
+            score(CriticSettings(model="tiny", device="cpu"), manifest=manifest, out=bad)

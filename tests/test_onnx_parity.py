@@ -119,8 +119,8 @@ def _scores(records):
 
 def test_scoring_through_onnx_matches_pytorch_on_the_demo_pair(onnx_dir):
     from firm_lite.critic import load_critic
+    from firm_lite.data import demo_pair
     from firm_lite.onnx.generate import OrtGenerationModel
-    from firm_lite.scoring import demo_pair
 
     ort_critic = load_critic(model="tiny", variant=str(onnx_dir), device="cpu")
     assert isinstance(ort_critic.model, OrtGenerationModel)
@@ -138,8 +138,8 @@ def test_teacher_forcing_through_onnx_matches_pytorch(onnx_dir):
     """``firm-lite calibrate`` reads variants' digit distributions teacher-forced on the
     reference's answers: the ORT model's forward must give PyTorch's."""
     from firm_lite.critic import load_critic
+    from firm_lite.data import demo_pair
     from firm_lite.images import load_image
-    from firm_lite.scoring import demo_pair
     from firm_lite.teacher_forcing import critic_forced_readout
 
     ref_critic = load_critic(model="tiny", device="cpu", engine="generate")
@@ -169,8 +169,8 @@ def test_quantized_graphs_load_as_variants_and_score(onnx_dir, tmp_path, scheme,
     import onnx
 
     from firm_lite.critic import load_critic
+    from firm_lite.data import demo_pair
     from firm_lite.export.onnx.export import quantize_folder
-    from firm_lite.scoring import demo_pair
 
     out = tmp_path / scheme
     manifest = quantize_folder(onnx_dir, out, scheme, block_size=32)

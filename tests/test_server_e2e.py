@@ -21,6 +21,7 @@ from firm_lite.images import encode_jpeg
 from firm_lite.server.app import ServeConfig, create_app
 from firm_lite.server.runner import BackgroundServer
 from firm_lite.server.safe_pickle import safe_loads
+from firm_lite.settings import CriticSettings
 
 MODES = ("execution", "consistency")
 INSTRUCTIONS = ["paint a red square in the corner", "make it brighter", "add a blue stripe"]
@@ -52,7 +53,7 @@ def cli_records(tiny_critic, items, tmp_path_factory) -> list[dict]:
         rows.append({"id": str(k), "source": f"s{k}.jpg", "edited": f"e{k}.jpg", "instruction": text})
     manifest = folder / "pairs.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return score(manifest=manifest, model="tiny", device="cpu").records
+    return score(CriticSettings(model="tiny", device="cpu"), manifest=manifest).records
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from firm_lite.data import demo_pair
 from firm_lite.images import load_image
-from firm_lite.scoring import demo_pair
 from firm_lite.teacher_forcing import critic_forced_readout
 
 

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from firm_lite.errors import UserError
+from firm_lite.settings import CriticSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +65,21 @@ def _compare(scores: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]
             "identical": not mismatches and len(scores) == len(baseline)}
 
 
-def bench(*, variants: list[str] | tuple[str, ...] = ("default",), manifest: str | Path, model: str = "tiny",
-          batch_sizes: list[int] | tuple[int, ...] = DEFAULT_BATCH_SIZES, out: str | Path = "bench/results",
-          device: str = "auto", dtype: str = "auto", limit: int | None = None, max_new_tokens: int = 256,
-          calibration: str | Path | None = None, name: str | None = None, threads: int | None = None,
-          min_pixels: int | None = None, max_pixels: int | None = None, memory_cap_gib: float | None = None,
+def bench(settings: CriticSettings | None = None, *, variants: list[str] | tuple[str, ...] = ("default",),
+          manifest: str | Path, batch_sizes: list[int] | tuple[int, ...] = DEFAULT_BATCH_SIZES,
+          out: str | Path = "bench/results", limit: int | None = None, calibration: str | Path | None = None,
+          name: str | None = None, threads: int | None = None, memory_cap_gib: float | None = None,
           timeout_s: int = 3600, progress: bool = True) -> dict[str, Any]:
-    """Benchmark ``variants`` on ``manifest``; writes ``<out>/<name>.json`` (+ .md and .png)."""
+    """Benchmark ``variants`` on ``manifest``; writes ``<out>/<name>.json`` (+ .md and .png).
+
+    Every variant is loaded with ``settings`` (model, device, dtype, image budget, decoding)
+    and its own variant name."""
     from firm_lite import __version__
     from firm_lite.bench.report import write_views
     from firm_lite.manifest import read_manifest
 
+    settings = settings or CriticSettings(model="tiny")
+    model, device, max_new_tokens = settings.model, settings.device, settings.max_new_tokens
     manifest = Path(manifest)
     pairs = [r for r in read_manifest(manifest) if r.pair is not None]
     if not pairs:
@@ -92,17 +98,16 @@ def bench(*, variants: list[str] | tuple[str, ...] = ("default",), manifest: str
         "firm_lite": __version__, "model": model, "manifest": str(manifest), "pairs": min(len(pairs), limit or 10**9),
         "device": device, "batch_sizes": list(batch_sizes), "max_new_tokens": max_new_tokens,
         "threads": threads or os.cpu_count(), "memory_cap_gib": memory_cap_gib,
-        "image_budget": {"min_pixels": min_pixels, "max_pixels": max_pixels},
+        "image_budget": {"min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "variants": [],
     }
     baseline = None
     for i, variant in enumerate(variants):
         if progress:
             log.info("[bench] %s: measuring in its own process ...", variant)
-        spec = {"model": model, "variant": variant, "device": device, "dtype": dtype, "manifest": str(manifest),
-                "batch_sizes": list(batch_sizes), "limit": limit, "max_new_tokens": max_new_tokens,
-                "baseline": i == 0, "threads": threads, "min_pixels": min_pixels, "max_pixels": max_pixels,
-                "memory_cap_gib": memory_cap_gib}
+        spec = {"settings": asdict(settings.replace(variant=variant)), "variant": variant,
+                "manifest": str(manifest), "batch_sizes": list(batch_sizes), "limit": limit,
+                "baseline": i == 0, "threads": threads, "memory_cap_gib": memory_cap_gib}
         res = _run_worker(spec, timeout_s)
         if i == 0 and "baseline" in res:
             baseline = res.pop("baseline")

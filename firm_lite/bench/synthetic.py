@@ -79,10 +79,12 @@ def run_gpu_bench(scratch: Path, variants: list[str], batch_sizes: list[int], pa
                   image_size: int = 1024, memory_cap_gib: float | None = 24.0, max_new_tokens: int = 256,
                   out: Path = Path("bench/results"), name: str = "gpu-8b-random") -> dict[str, Any]:
     from firm_lite.bench.runner import bench
+    from firm_lite.settings import CriticSettings
 
     ckpt = make_random_checkpoint(Path(scratch) / "qwen3-vl-8b-random")
     manifest = make_synthetic_manifest(Path(scratch) / "pairs", pairs, image_size)
     pixels = image_size * image_size
-    return bench(variants=variants, manifest=manifest, model=str(ckpt), batch_sizes=batch_sizes, out=out,
-                 device="cuda", max_new_tokens=max_new_tokens, name=name, min_pixels=pixels, max_pixels=pixels,
+    settings = CriticSettings(model=str(ckpt), device="cuda", max_new_tokens=max_new_tokens, min_pixels=pixels,
+                              max_pixels=pixels)
+    return bench(settings, variants=variants, manifest=manifest, batch_sizes=batch_sizes, out=out, name=name,
                  memory_cap_gib=memory_cap_gib)

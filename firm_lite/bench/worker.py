@@ -96,15 +96,15 @@ def measure_engine(critic: Any, items: list[tuple[Any, Any, Any]], batch_size: i
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from firm_lite.critic import load_critic
     from firm_lite.device import cap_memory, peak_memory_bytes, reset_peak_memory, resolve_device
+    from firm_lite.settings import CriticSettings
 
-    device = resolve_device(spec.get("device", "auto"))
+    settings = CriticSettings(**spec["settings"])
+    device = resolve_device(settings.device)
     if spec.get("memory_cap_gib"):
         cap_memory(device, float(spec["memory_cap_gib"]))
     reset_peak_memory(device)
     t0 = time.perf_counter()
-    critic = load_critic(model=spec["model"], variant=spec["variant"], device=str(device),
-                         dtype=spec.get("dtype", "auto"), max_new_tokens=spec.get("max_new_tokens", 256),
-                         min_pixels=spec.get("min_pixels"), max_pixels=spec.get("max_pixels"))
+    critic = load_critic(settings.replace(device=str(device)))
     load_s = time.perf_counter() - t0
     items = _items(critic, spec["manifest"], spec.get("limit"))
     if not items:

@@ -23,26 +23,7 @@ from firm_lite.calibration.cache import FingerprintMemo, ResultCache, file_slug,
 from firm_lite.errors import UserError
 from firm_lite.prompts import MODES
 from firm_lite.records import EditPair
-
-
-@dataclass(frozen=True)
-class CriticSettings:
-    """How every side is loaded and run (the same for the reference and each variant)."""
-
-    model: str
-    device: str = "auto"
-    dtype: str = "auto"
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    max_new_tokens: int = 256
-    batch_size: int = 4
-
-    def load(self, variant: str) -> Any:
-        from firm_lite.critic import load_critic
-
-        return load_critic(model=self.model, variant=variant, device=self.device, dtype=self.dtype,
-                           min_pixels=self.min_pixels, max_pixels=self.max_pixels,
-                           max_new_tokens=self.max_new_tokens)
+from firm_lite.settings import CriticSettings
 
 
 @dataclass
@@ -60,8 +41,8 @@ class SideInfo:
 def describe_side(variant: str, settings: CriticSettings, memo: FingerprintMemo) -> SideInfo:
     """Resolve a variant name or folder the way ``load_critic`` will, without loading it."""
     from firm_lite.artifact import VARIANT_MANIFEST, read_variant_manifest
-    from firm_lite.critic import FAST_SUFFIX, split_protocol
     from firm_lite.device import dtype_name, resolve_device, resolve_dtype
+    from firm_lite.settings import FAST_SUFFIX, split_protocol
     from firm_lite.variants.registry import resolve_variant
 
     base_variant, protocol = split_protocol(variant)
@@ -84,31 +65,31 @@ def describe_side(variant: str, settings: CriticSettings, memo: FingerprintMemo)
                     identity=identity, threshold_names=(spec.family, spec.name, exported))
 
 
-def base_key_parts(settings: CriticSettings, manifest_sha256: str, memo: FingerprintMemo) -> dict[str, Any]:
+def base_key_parts(settings: CriticSettings, batch_size: int, manifest_sha256: str, memo: FingerprintMemo
+                   ) -> dict[str, Any]:
     """What every side's results depend on, besides the variant itself."""
     import torch
     import transformers
     from transformers import AutoProcessor
 
     from firm_lite import __version__
-    from firm_lite.cme import CMEWeights
     from firm_lite.device import resolve_device
     from firm_lite.generation import DecodingConfig
-    from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS, ImageBudget
+    from firm_lite.images import ImageBudget
     from firm_lite.prompts import prompt_hash
     from firm_lite.sources import resolve_model
 
-    source = resolve_model(settings.model)
+    source = resolve_model(settings.model, revision=settings.revision)
     budget = ImageBudget.from_processor(AutoProcessor.from_pretrained(source.path),
                                         settings.min_pixels, settings.max_pixels)
-    weights = CMEWeights()
+    weights = settings.weights
     return {
         "model": {"model_id": source.model_id, "revision": source.revision,
                   "weights": weights_fingerprint(source.path, memo)},
         "manifest_sha256": manifest_sha256, "prompt_sha256": prompt_hash(),
-        "image_budget": budget.as_record(), "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
+        "image_budget": budget.as_record(), "max_image_pixels": settings.max_image_pixels,
         "decoding": DecodingConfig(max_new_tokens=settings.max_new_tokens).as_record(),
-        "protocol": "full", "batch_size": settings.batch_size,
+        "protocol": "full", "batch_size": batch_size,
         "device": resolve_device(settings.device).type, "cme_weights": [weights.w1, weights.w2],
         "versions": {"firm_lite": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__},
@@ -146,7 +127,7 @@ def _forced(critic: Any, pair: EditPair, answers: dict[str, Any]) -> dict[str, A
 
 
 def collect_side(side: SideInfo, pairs: Sequence[EditPair], cache: ResultCache, settings: CriticSettings,
-                 base: dict[str, Any], forced_on: dict[str, dict[str, Any]] | None = None,
+                 batch_size: int, base: dict[str, Any], forced_on: dict[str, dict[str, Any]] | None = None,
                  progress: bool = False, desc: str = "") -> dict[str, dict[str, Any]]:
     """All items of one side, computing only those missing from ``cache``.
 
@@ -162,12 +143,14 @@ def collect_side(side: SideInfo, pairs: Sequence[EditPair], cache: ResultCache, 
         from tqdm import tqdm
 
         bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="pair", desc=desc, file=sys.stderr)
-    critic = settings.load(side.name)
+    from firm_lite.critic import load_critic
+
+    critic = load_critic(settings.replace(variant=side.name))
     by_id = {p.id: p for p in todo}
     try:
         _check_settings(critic, base, side)
         with cache.writer() as writer:
-            for record in critic.iter_score(todo, settings.batch_size):
+            for record in critic.iter_score(todo, batch_size):
                 pair = by_id[record["id"]]
                 source = forced_on[pair.id]["record"] if forced_on is not None else record
                 forced = ({m: None for m in MODES} if record.get("error") or source.get("error")

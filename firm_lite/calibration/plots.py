@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from firm_lite.errors import missing_extra
+from firm_lite.prompts import MODES
 
-MODES = ("execution", "consistency")
 _COLORS = {"execution": "tab:blue", "consistency": "tab:orange"}
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MODES = ("execution", "consistency")
+from firm_lite.prompts import MODES
+
 _COLUMNS = (("n", "n_paired", "d"), ("exact", "exact_agreement", ".3f"), ("flip", "flip_rate", ".3f"),
             ("bigflip", "big_flip_rate", ".3f"), ("MAE", "mae_score", ".3f"), ("MAE(E)", "mae_expected", ".3f"),
             ("KLmean", "kl_mean", ".3g"), ("KLp95", "kl_p95", ".3g"), ("parsefail", "parse_failure_rate", ".3f"))

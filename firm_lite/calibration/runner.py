@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from firm_lite.errors import UserError
-from firm_lite.sources import DEFAULT_MODEL
+from firm_lite.settings import CriticSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +73,17 @@ def _read_pairs(manifest: Path) -> tuple[list[Any], list[dict[str, Any]], dict[s
     return pairs, skipped, labels
 
 
-def calibrate(*, variants: list[str] | tuple[str, ...], model: str = DEFAULT_MODEL, reference: str = "default",
+def calibrate(settings: CriticSettings | None = None, *, variants: list[str] | tuple[str, ...],
               manifest: str | Path | None = None, out: str | Path = DEFAULT_OUT,
-              thresholds: str | Path | None = None, device: str = "auto", dtype: str = "auto",
-              min_pixels: int | None = None, max_pixels: int | None = None, max_new_tokens: int = 256,
-              batch_size: int = 4, worst_k: int = 5, cache_dir: str | Path | None = None,
-              record: bool = True, plot: bool = True, progress: bool = False) -> CalibrationRun:
-    """Measure each variant's drift from ``reference`` on ``manifest`` and gate it; see module doc."""
+              thresholds: str | Path | None = None, batch_size: int = 4, worst_k: int = 5,
+              cache_dir: str | Path | None = None, record: bool = True, plot: bool = True,
+              progress: bool = False) -> CalibrationRun:
+    """Measure each variant's drift from the reference on ``manifest`` and gate it; see module doc.
+
+    ``settings`` describe the reference critic (its ``variant``: ``default`` is the checkpoint at
+    ``dtype``); each of ``variants`` is loaded with the same settings but its own variant."""
     from firm_lite.calibration.cache import FingerprintMemo, manifest_fingerprint
-    from firm_lite.calibration.collect import (
-        CriticSettings,
-        base_key_parts,
-        collect_side,
-        describe_side,
-        side_cache,
-    )
+    from firm_lite.calibration.collect import base_key_parts, collect_side, describe_side, side_cache
     from firm_lite.calibration.drift import drift_report, teacher_forcing_gap
     from firm_lite.calibration.thresholds import load_thresholds
 
@@ -104,20 +100,21 @@ def calibrate(*, variants: list[str] | tuple[str, ...], model: str = DEFAULT_MOD
     pairs, skipped, labels = _read_pairs(manifest)
     ids = [p.id for p in pairs]
     manifest_sha = manifest_fingerprint(manifest, pairs)
-    settings = CriticSettings(model=model, device=device, dtype=dtype, min_pixels=min_pixels,
-                              max_pixels=max_pixels, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    base = base_key_parts(settings, manifest_sha, memo)
+    settings = settings or CriticSettings()
+    reference = settings.variant
+    base = base_key_parts(settings, batch_size, manifest_sha, memo)
     ref_side = describe_side(reference, settings, memo)
     sides = [describe_side(v, settings, memo) for v in variants]  # fail early on a bad name
     out_dir.mkdir(parents=True, exist_ok=True)
 
     ref_cache = side_cache(str(cache_dir), base, ref_side)
-    ref_items = collect_side(ref_side, pairs, ref_cache, settings, base, None, progress,
+    ref_items = collect_side(ref_side, pairs, ref_cache, settings, batch_size, base, None, progress,
                              f"reference {ref_side.label}")
     reports = []
     for side in sides:
         cache = side_cache(str(cache_dir), base, side, ref_cache.key)
-        items = collect_side(side, pairs, cache, settings, base, ref_items, progress, f"variant {side.label}")
+        items = collect_side(side, pairs, cache, settings, batch_size, base, ref_items, progress,
+                             f"variant {side.label}")
         table, limits = limits_file.resolve(side.threshold_names)
         report = drift_report(ids, ref_items, items, labels, limits, worst_k)
         reports.append({"variant": side.label, "name": side.name, "family": side.family, "folder": side.folder,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from firm_lite.errors import UserError
+from firm_lite.prompts import MODES
 
 # name -> (metric it reads, where it lives, direction): "max" fails above, "min" fails below
 LIMITS: dict[str, tuple[str, str, str]] = {
@@ -35,7 +36,6 @@ LIMITS: dict[str, tuple[str, str, str]] = {
     "max_label_mae_increase": ("increase", "labels", "max"),
 }
 DEFAULT_FAMILY = "default"
-MODES = ("execution", "consistency")
 
 
 @dataclass(frozen=True)

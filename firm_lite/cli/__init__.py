@@ -71,26 +71,66 @@ def main(quiet: bool, verbose: bool) -> None:
     setup_output(-1 if quiet else (1 if verbose else 0))
 
 
-def common_model_options(func: Any) -> Any:
-    """--model/--variant/--device/--dtype/--min-pixels/--max-pixels, shared by every command."""
+def critic_options(*, variant: bool = True, protocol: bool = True, model: str | None = None) -> Any:
+    """The options that describe the critic, declared once: the decorated command receives one
+    ``settings`` (:class:`~firm_lite.settings.CriticSettings`) instead of a dozen loose values.
+
+    ``variant=False`` for commands that take variants their own way (calibrate's ``--reference``
+    and repeatable ``--variant``, bench's repeatable ``--variant``); ``protocol=False`` where the
+    protocol is chosen per variant (``NAME+fast``); ``model`` overrides the default model.
+    """
+    from functools import wraps
+
+    from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
     from firm_lite.sources import DEFAULT_MODEL
 
     options = [
-        click.option("--model", default=DEFAULT_MODEL, show_default=True,
-                     help="Hub id, local model folder, or 'tiny' (the offline test critic)."),
-        click.option("--variant", default="default", show_default=True,
-                     help="fp32, bf16, fp16, a quantized variant name, or an exported variant folder. "
-                          "'default' loads the checkpoint at --dtype."),
-        click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:N."),
-        click.option("--dtype", default="auto", show_default=True,
-                     type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-                     help="Weights dtype for the default variant: auto = bf16 on GPU, fp32 on CPU."),
-        click.option("--min-pixels", type=click.IntRange(min=1), default=None,
-                     help="Image budget lower bound in pixels (default: the model's processor)."),
-        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-                     help="Image budget upper bound in pixels (default: the model's processor). "
-                          "Tokens per image ~ pixels / 1024."),
+        ("model", click.option("--model", default=model or DEFAULT_MODEL, show_default=True,
+                               help="Hub id, local model folder, or 'tiny' (the offline test critic).")),
+        ("revision", click.option("--revision", default=None,
+                                  help="Hub revision (branch, tag or commit) of --model; recorded in provenance.")),
+        ("variant", click.option("--variant", default="default", show_default=True,
+                                 help="fp32, bf16, fp16, int8, nf4, an exported variant folder, or auto (the most "
+                                      "accurate that fits free memory). 'default' loads the checkpoint at --dtype.")),
+        ("device", click.option("--device", default="auto", show_default=True,
+                                help="auto (CUDA if present), cpu, cuda, cuda:N.")),
+        ("dtype", click.option("--dtype", default="auto", show_default=True,
+                               type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+                               help="Weights dtype of the default variant (and unquantized parts): auto = bf16 on "
+                                    "GPU, fp32 on CPU.")),
+        ("min_pixels", click.option("--min-pixels", type=click.IntRange(min=1), default=None,
+                                    help="Image budget lower bound in pixels (default: the model's processor).")),
+        ("max_pixels", click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                                    help="Image budget upper bound in pixels (default: the model's processor). "
+                                         "Tokens per image ~ pixels / 1024.")),
+        ("max_new_tokens", click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256,
+                                        show_default=True, help="Answer length cap (the reference uses 256).")),
+        ("max_image_pixels", click.option("--max-image-pixels", type=click.IntRange(min=1),
+                                          default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
+                                          help="Refuse larger images (decompression-bomb guard).")),
+        ("w1", click.option("--w1", type=click.FloatRange(min=0), default=0.6, show_default=True,
+                            help="CME execution weight.")),
+        ("w2", click.option("--w2", type=click.FloatRange(min=0), default=0.4, show_default=True,
+                            help="CME consistency weight.")),
+        ("protocol", click.option("--protocol", type=click.Choice(["full", "fast"]), default="full",
+                                  show_default=True,
+                                  help="full: the reference protocol (reasoning, then score). fast: a DIFFERENT "
+                                       "protocol that forces an empty reasoning and reads the score from one "
+                                       "prefill; check it with calibrate.")),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    chosen = [(name, opt) for name, opt in options
+              if (variant or name != "variant") and (protocol or name != "protocol")]
+    names = [name for name, _ in chosen]
+
+    def decorate(func: Any) -> Any:
+        @wraps(func)
+        def command(**kwargs: Any) -> Any:
+            from firm_lite.settings import CriticSettings
+
+            return func(settings=CriticSettings(**{n: kwargs.pop(n) for n in names}), **kwargs)
+
+        for _, option in reversed(chosen):
+            command = option(command)
+        return command
+
+    return decorate

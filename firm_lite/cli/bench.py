@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from firm_lite.cli import critic_options
+
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[int]:
     sizes: list[int] = []
@@ -22,7 +24,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 
 
 @click.command("bench")
-@click.option("--model", default="tiny", show_default=True, help="Hub id, local folder, or 'tiny'.")
+@critic_options(variant=False, protocol=False, model="tiny")
 @click.option("--variant", "variants", multiple=True,
               help="Repeatable: fp32, bf16, int8, nf4, an exported folder ... The first one also runs the "
                    "reference-style baseline. Default: the model at --dtype.")
@@ -36,9 +38,6 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 @click.option("--name", default=None, help="File stem for the results (default: bench-<model>-<time>).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="calibration.json from `firm-lite calibrate` on the same manifest: adds drift columns.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "fp32"]))
-@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per worker.")
 @click.option("--report", "report_only", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Only re-make the table and plot from a saved results JSON.")
@@ -48,7 +47,7 @@ def bench_cmd(variants: tuple[str, ...], report_only: str | None, **kwargs: Any)
 
     \b
     Example (CPU, tiny critic):
-      firm-lite bench --variant fp32 --variant bf16 --batch-size 1,8
+      firm-lite bench --model tiny --variant fp32 --variant bf16 --batch-size 1,8
     """
     if report_only:
         from firm_lite.bench.report import write_views

@@ -1,7 +1,7 @@
 """``firm-lite calibrate``: parse options, call :func:`firm_lite.calibration.runner.calibrate`, print.
 
-Defines its own model options instead of ``common_model_options`` because ``--variant`` is
-repeatable here and the reference has its own ``--reference``.
+The critic options are the shared ones without ``--variant``: here ``--variant`` is repeatable
+(the variants to calibrate) and ``--reference`` names the variant they are measured against.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from typing import Any
 
 import click
 
-from firm_lite.sources import DEFAULT_MODEL
+from firm_lite.cli import critic_options
 
 
 @click.command("calibrate")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Hub id, local model folder, or 'tiny' (the offline test critic).")
+@critic_options(variant=False, protocol=False)
 @click.option("--reference", default="default", show_default=True,
               help="Variant to measure drift against; 'default' = the checkpoint at --dtype "
                    "(fp32 on CPU, bf16 on GPU).")
@@ -33,13 +32,6 @@ from firm_lite.sources import DEFAULT_MODEL
               help="TOML limits per variant family. [default: calibration/thresholds.toml]")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where per-item results are cached (default: OUT/cache); share it between runs to reuse them.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:N.")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
-              help="Dtype of the default reference (and unquantized parts): auto = bf16 on GPU, fp32 on CPU.")
-@click.option("--min-pixels", type=click.IntRange(min=1), default=None, help="Image budget lower bound in pixels.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Image budget upper bound in pixels.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
-              help="Answer length cap (the reference uses 256).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Pairs per forward pass.")
 @click.option("--worst", "worst_k", type=click.IntRange(min=0), default=5, show_default=True,
               help="How many most-divergent items to list per variant.")
@@ -68,7 +60,8 @@ def calibrate_cmd(as_json: bool, progress: bool | None, **kwargs: Any) -> None:
 
     if progress is None:
         progress = sys.stderr.isatty()
-    run = calibrate(progress=progress, **kwargs)
+    settings = kwargs.pop("settings").replace(variant=kwargs.pop("reference"))
+    run = calibrate(settings, progress=progress, **kwargs)
     if as_json:
         click.echo(json.dumps(run.result, indent=1, ensure_ascii=False))
     else:

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from firm_lite.cli import common_model_options
-from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
+from firm_lite.cli import critic_options
 
 
 def _fmt(mode: dict[str, Any] | None) -> str:
@@ -55,18 +54,9 @@ def print_table(records: list[dict[str, Any]], detail: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Append one JSON record per pair here; ids already in the file are skipped (resume).")
 @click.option("--retry-errors", is_flag=True, help="With --out: re-score ids whose last record is an error.")
-@common_model_options
-@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
-              help="Answer length cap (the reference uses 256).")
+@critic_options()
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Pairs per forward pass.")
-@click.option("--protocol", type=click.Choice(["full", "fast"]), default="full", show_default=True,
-              help="full: the reference protocol (reasoning, then score). fast: a DIFFERENT protocol that "
-                   "forces an empty reasoning and reads the score from one prefill; check it with calibrate.")
-@click.option("--w1", type=click.FloatRange(min=0), default=0.6, show_default=True, help="CME execution weight.")
-@click.option("--w2", type=click.FloatRange(min=0), default=0.4, show_default=True, help="CME consistency weight.")
-@click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_IMAGE_PIXELS,
-              show_default=True, help="Refuse larger images (decompression-bomb guard).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on for manifests on a TTY).")
 def score_cmd(as_json: bool, progress: bool | None, **kwargs: Any) -> None:

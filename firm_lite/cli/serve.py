@@ -6,12 +6,11 @@ from typing import Any
 
 import click
 
-from firm_lite.cli import common_model_options
-from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
+from firm_lite.cli import critic_options
 
 
 @click.command("serve")
-@common_model_options
+@critic_options(protocol=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs --token or --insecure-no-auth.")
 @click.option("--port", type=click.IntRange(0, 65535), default=12341, show_default=True,
@@ -39,14 +38,6 @@ from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
               help="Longest pause allowed while a request body is sent (408 beyond).")
 @click.option("--keep-alive-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Idle keep-alive connections are closed after this.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
-              help="Answer length cap (the reference uses 256).")
-@click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_IMAGE_PIXELS,
-              show_default=True, help="Refuse larger images (decompression-bomb guard).")
-@click.option("--w1", type=click.FloatRange(min=0), default=0.6, show_default=True,
-              help="CME execution weight (JSON API records).")
-@click.option("--w2", type=click.FloatRange(min=0), default=0.4, show_default=True,
-              help="CME consistency weight (JSON API records).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True, help="uvicorn log level.")
 def serve_cmd(**kwargs: Any) -> None:
@@ -60,6 +51,12 @@ def serve_cmd(**kwargs: Any) -> None:
       REWARD_SERVER=127.0.0.1:12341 python train.py      # point a trainer at it
       firm-lite serve --host 0.0.0.0 --token "$SECRET"   # reachable from other machines
     """
+    from firm_lite.server.config import ServeConfig
     from firm_lite.server.runner import serve
 
-    serve(**kwargs)
+    config = ServeConfig(**{name: kwargs.pop(name) for name in SERVE_CONFIG_OPTIONS}, token=kwargs.pop("token"))
+    serve(kwargs.pop("settings"), config=config, **kwargs)
+
+
+SERVE_CONFIG_OPTIONS = ("max_batch", "max_wait_ms", "max_queue", "max_items", "max_body_mb", "max_inflight_mb",
+                        "header_timeout_s", "body_timeout_s", "keep_alive_s")

@@ -3,7 +3,7 @@
 The recipe decides bits, group size, act-order and what is kept (the vision tower, embeddings
 and lm_head by default: a GPTQ checkpoint that transformers/optimum and vLLM load quantizes the
 decoder layers only). Calibration samples are the critic's own conversations
-(:mod:`firm_lite.export.calibration_samples`), handed to gptqmodel already processed, so its own
+(:mod:`firm_lite.export.gptq_samples`), handed to gptqmodel already processed, so its own
 Qwen-VL preprocessing (a different resize) never runs. The output is what gptqmodel saves
 (``quantization_config`` in config.json) plus the source processor, a greedy generation config,
 the quantization log and the provenance manifest, written atomically.
@@ -101,7 +101,7 @@ def export_gptq(*, out: str | Path, model: str = DEFAULT_MODEL, calib: str | Pat
                 max_calibration_pairs: int | None = None, revision: str | None = None,
                 progress: bool = True, quiet_library: bool = True) -> ExportResult:
     """Quantize ``model`` with GPTQ on the edit pairs in ``calib`` and write it to ``out``."""
-    from firm_lite.export.calibration_samples import read_calibration_set, render_samples
+    from firm_lite.export.gptq_samples import read_calibration_set, render_samples
     from firm_lite.sources import resolve_model
 
     stages = Stages(5, progress)

@@ -27,7 +27,7 @@ def demo_jpeg_items(n: int) -> list[tuple[bytes, bytes, str]]:
     from PIL import ImageOps
 
     from firm_lite.images import encode_jpeg, load_image
-    from firm_lite.scoring import demo_pair
+    from firm_lite.data import demo_pair
 
     pair = demo_pair()
     src, edt = load_image(pair.source), load_image(pair.edited)

@@ -11,18 +11,19 @@ test use it, so they exercise the same uvicorn stack as ``firm-lite serve``.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import threading
 import time
 from typing import Any
 
-from firm_lite.cme import CMEWeights
 from firm_lite.errors import UserError
-from firm_lite.images import DEFAULT_MAX_IMAGE_PIXELS
 from firm_lite.server.access import check_bind
 from firm_lite.server.config import ServeConfig
-from firm_lite.sources import DEFAULT_MODEL
+from firm_lite.settings import CriticSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12341  # the reference reward server's port
@@ -47,53 +48,36 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(*, model: str = DEFAULT_MODEL, variant: str = "default", device: str = "auto", dtype: str = "auto",
-          min_pixels: int | None = None, max_pixels: int | None = None, max_new_tokens: int = 256,
-          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, w1: float = 0.6, w2: float = 0.4,
-          host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
-          insecure_no_auth: bool = False, max_batch: int = 8, max_wait_ms: float = 10.0, max_queue: int = 256,
-          max_items: int = 64, max_body_mb: float = 128.0, max_inflight_mb: float = 2048.0,
-          header_timeout_s: float = 10.0, body_timeout_s: float = 30.0, keep_alive_s: float = 5.0,
-          log_level: str = "info") -> None:
-    """Serve the critic over HTTP until interrupted (see :mod:`firm_lite.server`; the limits and
-    their defaults are explained in :mod:`firm_lite.server.config`)."""
+def serve(settings: CriticSettings | None = None, *, config: ServeConfig | None = None, host: str = DEFAULT_HOST,
+          port: int = DEFAULT_PORT, insecure_no_auth: bool = False, log_level: str = "info") -> None:
+    """Serve the critic ``settings`` describe over HTTP until interrupted (see
+    :mod:`firm_lite.server`); ``config`` holds batching, limits and the token (explained in
+    :mod:`firm_lite.server.config`)."""
     import uvicorn
 
     from firm_lite.critic import load_critic
     from firm_lite.server.app import create_app
     from firm_lite.server.connections import uvicorn_limits
 
-    access = check_bind(host, token, insecure_no_auth)
+    settings = settings or CriticSettings()
+    config = config or ServeConfig()
+    access = check_bind(host, config.token, insecure_no_auth)
     _show_server_log(log_level)
-    config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items,
-                         max_body_mb=max_body_mb, max_inflight_mb=max_inflight_mb, header_timeout_s=header_timeout_s,
-                         body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s, token=token or None)
-    try:
-        weights = CMEWeights(w1, w2)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
     sock = bind_socket(host, port)
     port = sock.getsockname()[1]  # the real one when --port 0 asked for any free port
     try:
-        print(f"firm-lite serve: loading {model} (variant {variant}) ...", file=sys.stderr, flush=True)
-        critic = load_critic(model=model, variant=variant, device=device, dtype=dtype, min_pixels=min_pixels,
-                             max_pixels=max_pixels, max_new_tokens=max_new_tokens, weights=weights,
-                             max_image_pixels=max_image_pixels)
-        from firm_lite.artifact import calibration_warning
-
-        drift_warning = calibration_warning(critic.provenance.get("variant_folder"))
-        if drift_warning:  # a trainer would otherwise learn from an uncalibrated variant unawares
-            print(drift_warning, file=sys.stderr, flush=True)
+        log.info("firm-lite serve: loading %s (variant %s) ...", settings.model, settings.variant)
+        critic = load_critic(settings)  # says the drift warning itself: a trainer must not learn from it unawares
         app = create_app(critic, config)
         shown = f"[{host}]" if ":" in host else host
-        print(f"firm-lite serve: http://{shown}:{port}  model {critic.model_id}  variant {critic.variant}  "
-              f"device {critic.device}\n  routes: POST /mode/score_execution, /mode/score_consistency (reference, "
-              f"pickle), POST /v1/score (JSON), GET /health, /metrics\n  batching: up to {max_batch} items, "
-              f"wait {max_wait_ms:g} ms, queue {max_queue} items; limits: {max_items} edits/request, "
-              f"{max_body_mb:g} MiB/body, {max_inflight_mb:g} MiB in flight, timeouts: head {header_timeout_s:g} s, "
-              f"body pause {body_timeout_s:g} s, keep-alive {keep_alive_s:g} s\n  {access}\n  trainers: "
-              f"REWARD_SERVER={host}:{port}", file=sys.stderr,
-              flush=True)
+        c = config
+        log.info(f"firm-lite serve: http://{shown}:{port}  model {critic.model_id}  variant {critic.variant}  "
+                 f"device {critic.device}\n  routes: POST /mode/score_execution, /mode/score_consistency "
+                 f"(reference, pickle), POST /v1/score (JSON), GET /health, /metrics\n  batching: up to "
+                 f"{c.max_batch} items, wait {c.max_wait_ms:g} ms, queue {c.max_queue} items; limits: {c.max_items} "
+                 f"edits/request, {c.max_body_mb:g} MiB/body, {c.max_inflight_mb:g} MiB in flight, timeouts: head "
+                 f"{c.header_timeout_s:g} s, body pause {c.body_timeout_s:g} s, keep-alive {c.keep_alive_s:g} s\n"
+                 f"  {access}\n  trainers: REWARD_SERVER={host}:{port}")
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
                                                timeout_graceful_shutdown=None,
                                                **uvicorn_limits(config, app.state.metrics)))
@@ -101,7 +85,7 @@ def serve(*, model: str = DEFAULT_MODEL, variant: str = "default", device: str =
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown is complete
             pass
-        print("firm-lite serve: stopped (in-flight requests finished)", file=sys.stderr, flush=True)
+        log.info("firm-lite serve: stopped (in-flight requests finished)")
     finally:
         sock.close()
 
@@ -113,7 +97,8 @@ def _show_server_log(log_level: str) -> None:
 
     server_log = logging.getLogger("firm_lite.server")
     server_log.setLevel(log_level.upper())
-    if not server_log.handlers and not logging.getLogger().handlers:
+    configured = logging.getLogger("firm_lite").handlers or logging.getLogger().handlers  # e.g. the CLI's
+    if not server_log.handlers and not configured:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
         server_log.addHandler(handler)

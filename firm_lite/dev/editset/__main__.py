@@ -23,9 +23,11 @@ def evaluate(split: str = "heldout", model: str = "tiny", device: str = "cpu", b
     from firm_lite.dev.editset.metrics import editset_report, read_labels
     from firm_lite.dev.editset.store import ensure_editset
     from firm_lite.scoring import score
+    from firm_lite.settings import CriticSettings
 
     manifest = ensure_editset(split)
-    run = score(manifest=manifest, model=model, device=device, batch_size=batch_size, out=out, progress=True)
+    run = score(CriticSettings(model=model, device=device), manifest=manifest, batch_size=batch_size, out=out,
+                progress=True)
     return editset_report(run.records, read_labels(manifest))
 
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 from typing import Any
 
 from firm_lite.manifest import label_of  # noqa: F401 - the manifest owns the labels field
+from firm_lite.prompts import MODES
 
 EXECUTION_BY_OUTCOME: dict[str, int] = {
     "full": 5, "mostly": 4, "partial": 3, "half": 3, "weak": 2, "wrong_param": 2,
     "opposite": 1, "wrong_family": 1, "none": 1, "unrelated": 1}
 OUTCOMES: tuple[str, ...] = tuple(EXECUTION_BY_OUTCOME)
-MODES: tuple[str, ...] = ("execution", "consistency")
 
 
 def execution_label(outcome: str) -> int:

@@ -35,7 +35,7 @@ from typing import Any
 from firm_lite.dev.editset.generator import EditItem, generate, iter_items
 from firm_lite.dev.editset.labels import MODES, SEEN_KINDS, description, kind_seen, rationale
 from firm_lite.dev.examples import ANSWER_FORMAT, EditExample, example_messages
-from firm_lite.prompts import render_prompt, templates
+from firm_lite.prompts import chat_text, render_prompt, templates
 
 DESCRIBE_PROMPT = "Describe the edit."
 SCORE_LOSSES: tuple[str, ...] = ("ce", "expected_error")  # see train_critic
@@ -134,7 +134,7 @@ def pretrain_vision(model: Any, processor: Any, items: Iterable[EditItem], *, st
 def describe_inputs(processor: Any, pairs: list[tuple[Any, Any]]) -> Any:
     """Processor inputs (left-padded) asking :data:`DESCRIBE_PROMPT` about each (source, edited) pair."""
     examples = [EditExample("execution", "", src, edited, 0, "", prompt=DESCRIBE_PROMPT) for src, edited in pairs]
-    texts = [processor.apply_chat_template(example_messages(e), tokenize=False, add_generation_prompt=True)
+    texts = [chat_text(processor, example_messages(e))
              for e in examples]
     return processor(text=texts, images=[[e.source, e.edited] for e in examples], padding=True,
                      padding_side="left", return_tensors="pt")
@@ -193,7 +193,7 @@ def encode_examples(processor: Any, examples: list[EditExample], *,
     import torch
 
     tail = [e.answer + "<|im_end|>" for e in examples]
-    texts = [processor.apply_chat_template(example_messages(e), tokenize=False, add_generation_prompt=True) + t
+    texts = [chat_text(processor, example_messages(e)) + t
              for e, t in zip(examples, tail, strict=True)]
     # Left padding puts every answer at the end, so training needs logits for the tail only.
     batch = processor(text=texts, images=[[e.source, e.edited] for e in examples],

@@ -19,7 +19,7 @@ from typing import Any
 
 from firm_lite.errors import UserError
 from firm_lite.images import ImageBudget, load_image
-from firm_lite.prompts import MODES, build_messages
+from firm_lite.prompts import MODES, render_text
 from firm_lite.records import EditPair
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def read_calibration_set(calib: str | Path | None, max_pairs: int | None = None)
         raise UserError("--calib MANIFEST is required: GPTQ calibrates on edit pairs (JSONL with id, source, "
                         "edited, instruction); `--calib demo` uses the bundled pair, for smoke tests only")
     if str(calib) == DEMO:
-        from firm_lite.scoring import demo_pair
+        from firm_lite.data import demo_pair
 
         pair = demo_pair()
         digest = hashlib.sha256(Path(pair.source).read_bytes() + Path(pair.edited).read_bytes()
@@ -68,13 +68,6 @@ def read_calibration_set(calib: str | Path | None, max_pairs: int | None = None)
     if not pairs:
         raise UserError(f"--calib {path}: no usable edit pairs (rows: {len(rows)}, skipped: {len(skipped)})")
     return CalibrationSet(pairs, str(path), hashlib.sha256(path.read_bytes()).hexdigest(), len(rows), skipped)
-
-
-def render_text(processor: Any, mode: str, pair: EditPair) -> str:
-    """The prompt text for one mode, with image placeholders, as :class:`firm_lite.critic.Critic`
-    renders it."""
-    messages = build_messages(mode, pair.instruction, None, None, pair.requirement)
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def render_samples(processor: Any, calib: CalibrationSet, budget: ImageBudget,
@@ -99,8 +92,8 @@ def render_samples(processor: Any, calib: CalibrationSet, budget: ImageBudget,
             log.warning("calibration pair skipped: %s", exc)
             continue
         for mode in MODES:
-            batch = processor(text=[render_text(processor, mode, pair)], images=images, return_tensors="pt",
-                              **budget.processor_kwargs())
+            text = render_text(processor, mode, pair.instruction, pair.requirement)
+            batch = processor(text=[text], images=images, return_tensors="pt", **budget.processor_kwargs())
             ids = batch["input_ids"]
             tokens += int(ids.numel())
             image_tokens += int((ids == pad_id).sum())
