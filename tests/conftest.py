@@ -1,15 +1,64 @@
-"""Shared fixtures: the offline tiny critic (loaded once per session) and small edit pairs."""
+"""Shared fixtures: the offline tiny critic (loaded once per session) and small edit pairs; the
+``gpu`` and ``requires_extra`` markers.
+
+``@pytest.mark.requires_extra("gptq", ...)`` skips a test, with the install command as the reason,
+unless every named optional extra of pyproject.toml is installed (checked with ``find_spec``, so a
+skipped test never pays for importing gptqmodel). A test module that imports an extra at its top
+uses ``pytest.importorskip`` instead; a test that can run without the extra carries neither.
+"""
 
 from __future__ import annotations
 
+import re
+import tomllib
+from functools import cache
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+# Import names that are not the distribution's name.
+MODULE_OF = {"scikit-image": "skimage", "python-multipart": "multipart"}
+# What the tests of an extra need besides the extra itself: the server tests are HTTP clients.
+TEST_CLIENTS = {"serve": ("requests",)}
+
+
+@cache
+def extra_modules() -> dict[str, tuple[str, ...]]:
+    """Each optional extra of pyproject.toml -> the modules its packages install (``dev`` and ``gpu``,
+    which no test needs as a whole, left out)."""
+    extras = tomllib.loads(PYPROJECT.read_text("utf-8"))["project"]["optional-dependencies"]
+    modules = {}
+    for extra, requirements in extras.items():
+        if extra in ("dev", "gpu"):
+            continue
+        names = [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in requirements]
+        modules[extra] = tuple(MODULE_OF.get(n, n.replace("-", "_")) for n in names) + TEST_CLIENTS.get(extra, ())
+    return modules
+
+
+def missing_extra(extra: str) -> str | None:
+    """Why ``extra`` cannot be used here (the skip reason), or None when all of it is installed."""
+    modules = extra_modules().get(extra)
+    if modules is None:
+        raise ValueError(f"requires_extra({extra!r}): pyproject.toml has no such extra; "
+                         f"one of {', '.join(extra_modules())}")
+    absent = [m for m in modules if find_spec(m) is None]
+    if not absent:
+        return None
+    return f"needs the {extra} extra ({', '.join(absent)} not installed): pip install 'firm-lite[{extra}]'"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in item.iter_markers("requires_extra"):
+            reasons = [r for r in map(missing_extra, marker.args) if r]
+            if reasons:
+                item.add_marker(pytest.mark.skip(reason="; ".join(reasons)))
+
     import torch
 
     if torch.cuda.is_available():

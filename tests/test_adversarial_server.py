@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'firm-lite[serve]'")
 import requests
 from PIL import Image

@@ -65,6 +65,7 @@ def identical(manifest: Path, tmp_path_factory: pytest.TempPathFactory):
     return calibrate(SETTINGS, variants=["fp32"], manifest=manifest, out=tmp_path_factory.mktemp("cal"), **OPTS)
 
 
+@pytest.mark.requires_extra("calib")  # `identical` plots with matplotlib
 def test_fp32_against_itself_has_zero_drift_and_passes(identical) -> None:
     run = identical
     assert run.passed and run.exit_code == 0
@@ -88,6 +89,7 @@ def test_fp32_against_itself_has_zero_drift_and_passes(identical) -> None:
     assert "PASS" in (run.out_dir / "report.md").read_text()
 
 
+@pytest.mark.requires_extra("calib")
 def test_noisy_variant_fails_the_gate_and_names_worst_items(identical, manifest: Path) -> None:
     from click.testing import CliRunner
 
@@ -109,6 +111,7 @@ def test_noisy_variant_fails_the_gate_and_names_worst_items(identical, manifest:
     assert max(noisy["metrics"][m]["kl_mean"] for m in ("execution", "consistency")) > 0.05
 
 
+@pytest.mark.requires_extra("calib")
 def test_rerun_is_served_from_the_caches(identical, manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import firm_lite.critic
 
@@ -120,6 +123,7 @@ def test_rerun_is_served_from_the_caches(identical, manifest: Path, monkeypatch:
     assert again.result["variants"][0]["metrics"] == identical.result["variants"][0]["metrics"]
 
 
+@pytest.mark.requires_extra("calib")
 def test_interrupted_export_calibration_resumes_and_records_its_verdict(
         identical, manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from firm_lite.calibration import collect

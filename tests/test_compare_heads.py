@@ -14,6 +14,8 @@ from firm_lite.dev.editset.photos import SHAPES
 from firm_lite.dev.examples import EditExample, example_messages
 from firm_lite.dev.tiny_architecture import TinyCriticDims, build_config, build_processor, build_tokenizer
 
+pytestmark = pytest.mark.requires_extra("calib")  # every test renders edit-set photos (scikit-image)
+
 
 @pytest.fixture(scope="module")
 def parts():

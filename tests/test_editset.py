@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("skimage")
+from firm_lite.dev.editset import families as fam
+from firm_lite.dev.editset.generator import decode_jpeg, encode_jpeg, generate, iter_items, make_group
+from firm_lite.dev.editset.labels import consistency_label, description, execution_label, labels_for, rationale
+from firm_lite.dev.editset.metrics import editset_report, mae_by_mode, read_labels
+from firm_lite.dev.editset.photos import SHAPES, photos_for, random_crop, render_crop
+from firm_lite.dev.editset.store import REPO_CALIBRATION_DIR, SplitSpec, ensure_editset, read_header, write_split
 
-from firm_lite.dev.editset import families as fam  # noqa: E402
-from firm_lite.dev.editset.generator import decode_jpeg, encode_jpeg, generate, iter_items, make_group  # noqa: E402
-from firm_lite.dev.editset.labels import consistency_label, description, execution_label, labels_for, rationale  # noqa: E402
-from firm_lite.dev.editset.metrics import editset_report, mae_by_mode, read_labels  # noqa: E402
-from firm_lite.dev.editset.photos import SHAPES, photos_for, random_crop, render_crop  # noqa: E402
-from firm_lite.dev.editset.store import REPO_CALIBRATION_DIR, SplitSpec, ensure_editset, read_header, write_split  # noqa: E402
+PHOTOS = pytest.mark.requires_extra("calib")  # rendering edit-set photos needs scikit-image
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -27,6 +27,7 @@ def _tree(folder: Path) -> dict[str, str]:
 
 # ---- determinism --------------------------------------------------------------------------------
 
+@PHOTOS
 def test_same_seed_same_manifest_and_bytes_other_seed_differs(tmp_path: Path) -> None:
     spec = SplitSpec(pairs=6, seed=3)
     a = write_split(tmp_path / "a", "heldout", spec)
@@ -39,6 +40,7 @@ def test_same_seed_same_manifest_and_bytes_other_seed_differs(tmp_path: Path) ->
     assert not set(tree_a.values()) & {h for k, h in tree_c.items() if k.endswith(".jpg")}
 
 
+@PHOTOS
 def test_a_group_depends_only_on_its_seed_and_index() -> None:
     stream = iter_items("train", seed=0)
     first_four = [next(stream) for _ in range(4)]
@@ -46,6 +48,7 @@ def test_a_group_depends_only_on_its_seed_and_index() -> None:
     assert [(i.id, i.edited_jpeg, i.labels) for i in first_four[2:]] == [(i.id, i.edited_jpeg, i.labels) for i in again]
 
 
+@PHOTOS
 def test_committed_heldout_is_current_and_regenerates() -> None:
     manifest = ensure_editset("heldout")
     assert manifest == REPO_CALIBRATION_DIR / "editset-heldout.jsonl", "committed held-out set is stale or incomplete"
@@ -59,6 +62,7 @@ def test_committed_heldout_is_current_and_regenerates() -> None:
         assert np.abs(committed - np.asarray(item.edited_image(), dtype=np.int16)).mean() < 1.0
 
 
+@PHOTOS
 def test_without_the_checkout_the_split_is_generated_once_into_the_cache(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     manifest = ensure_editset("train", prefer_repo=False)
@@ -102,6 +106,7 @@ def test_consistency_scale_and_bad_inputs() -> None:
         consistency_label(-1)
 
 
+@PHOTOS
 def test_noop_item_has_identical_bytes_and_labels_1_5() -> None:
     for item in iter_items("train", seed=0):
         if item.edit["outcome"] == "none" and not item.edit["extras"]:
@@ -130,6 +135,7 @@ def test_rationale_names_the_kind_asked_and_seen_and_counts_unrequested_changes(
     assert rationale("consistency", unrelated) == "Unrequested changes: everything (an unrelated picture)."
 
 
+@PHOTOS
 def test_instructions_use_the_right_article() -> None:
     assert fam.a_or_an("orange") == "an orange" and fam.a_or_an("red") == "a red"
     tint, shape = fam.FAMILIES["tint"], fam.FAMILIES["add_shape"]
@@ -140,12 +146,14 @@ def test_instructions_use_the_right_article() -> None:
     assert " a orange" not in words and " a yellow" in words
 
 
+@PHOTOS
 def test_unrelated_item_shows_another_photo() -> None:
     item = next(i for i in iter_items("heldout", seed=0) if i.edit["outcome"] == "unrelated")
     assert item.labels == {"execution": 1, "consistency": 1}
     assert item.edit["unrelated_photo"] != item.edit["photo"]
 
 
+@PHOTOS
 def test_every_family_shows_its_edit_and_weaker_levels_change_less() -> None:
     rng = np.random.default_rng(0)
     src = np.asarray(decode_jpeg(encode_jpeg(render_crop(random_crop(rng, "astronaut", SHAPES[0])))), np.float32)
@@ -168,6 +176,7 @@ def test_every_family_shows_its_edit_and_weaker_levels_change_less() -> None:
 
 # ---- splits -------------------------------------------------------------------------------------
 
+@PHOTOS
 def test_splits_are_disjoint() -> None:
     heldout_only = {p.name for p in photos_for("heldout")} - {p.name for p in photos_for("train")}
     assert heldout_only == {"coffee", "motorcycle"}
@@ -185,6 +194,7 @@ def test_splits_are_disjoint() -> None:
     assert not heldout_bytes & {hashlib.sha256(b).hexdigest() for i in train for b in (i.source_jpeg, i.edited_jpeg)}
 
 
+@PHOTOS
 def test_committed_manifests_read_as_labelled_pairs() -> None:
     from firm_lite.manifest import read_manifest
 
@@ -251,6 +261,7 @@ def test_short_prompt_keeps_preamble_instruction_and_output_format() -> None:
         assert short.endswith(full[full.index("## Output Format"):])
 
 
+@PHOTOS
 def test_training_batches_are_single_mode_paired_and_deterministic() -> None:
     from firm_lite.dev.editset.training import training_batches
 
@@ -267,6 +278,7 @@ def test_training_batches_are_single_mode_paired_and_deterministic() -> None:
                                                                        for b in again for e in b]
 
 
+@PHOTOS
 def test_firm_stream_can_interleave_warm_up_batches_and_say_what_a_seer_sees() -> None:
     from firm_lite.dev.editset.training import DESCRIBE_PROMPT, training_batches
 
@@ -287,6 +299,7 @@ def test_firm_stream_can_interleave_warm_up_batches_and_say_what_a_seer_sees() -
     assert execution[1].answer == plain[1].answer  # None: the true kind stays
 
 
+@PHOTOS
 def test_vision_pre_training_moves_the_tower_only() -> None:
     import torch
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
@@ -331,6 +344,7 @@ def test_expected_error_loss_puts_the_score_on_the_median_where_cross_entropy_pi
     assert float(uniform) == pytest.approx(-np.log(0.5) + (0 + 1 + 2 + 3 + 4) / 5)
 
 
+@PHOTOS
 def test_seen_by_reads_the_kind_a_critic_names() -> None:
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 

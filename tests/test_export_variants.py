@@ -32,7 +32,9 @@ from PIL import Image
 from firm_lite.errors import UserError
 
 MODEL = "tiny"
-VARIANTS = ("gptq-w4", "gptq-w8", "bnb-nf4", "bnb-int8")
+GPTQ, BNB = pytest.mark.requires_extra("gptq"), pytest.mark.requires_extra("bnb")
+VARIANTS = (pytest.param("gptq-w4", marks=GPTQ), pytest.param("gptq-w8", marks=GPTQ),
+            pytest.param("bnb-nf4", marks=BNB), pytest.param("bnb-int8", marks=BNB))
 KL_BOUND = {4: 1e-3, 8: 2e-4}
 EXPECTED_BOUND = {4: 0.2, 8: 0.2}
 
@@ -123,6 +125,7 @@ def forced_expected(critic, mode: str) -> float:
     return critic_forced_readout(critic, mode, pair, images, answer).expected
 
 
+@pytest.mark.requires_extra("gptq", "bnb")  # every manifest records both libraries' versions
 @pytest.mark.parametrize("name", VARIANTS)
 def test_export_writes_a_standard_folder_with_provenance(exported, name: str) -> None:
     from firm_lite.artifact import sha256_file
@@ -214,6 +217,7 @@ def test_the_drift_bounds_catch_a_damaged_model(reference) -> None:
     assert not within(report, 4), report
 
 
+@GPTQ
 @pytest.mark.parametrize("name", ["gptq-w4", "gptq-w8"])
 def test_gptq_folder_loads_through_plain_transformers(exported, name: str) -> None:
     from transformers import Qwen3VLForConditionalGeneration
@@ -256,6 +260,7 @@ def test_plan_prices_the_exported_weights_exactly(exported, name: str) -> None:
     assert abs(planned - on_disk) <= 4 * 28, (planned, on_disk)  # bnb: a 4-byte offset scalar per layer
 
 
+@BNB
 def test_a_flipped_weight_byte_is_refused_on_load(exported, tmp_path: Path) -> None:
     from firm_lite.critic import load_critic
 
@@ -268,6 +273,7 @@ def test_a_flipped_weight_byte_is_refused_on_load(exported, tmp_path: Path) -> N
         load_critic(model=MODEL, variant=str(folder), device="cpu")
 
 
+@GPTQ
 def test_cli_scores_an_exported_folder(exported) -> None:
     from click.testing import CliRunner
 
@@ -280,6 +286,7 @@ def test_cli_scores_an_exported_folder(exported) -> None:
     assert doc["provenance"]["variant"] == str(exported("gptq-w4")) and doc["summary"]["scored"] == 1
 
 
+@BNB  # the gptq refusal comes before gptqmodel is needed
 def test_out_folder_is_refused_unless_overwrite_and_vision_opt_in(exported, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     from firm_lite.export import export_bnb, export_gptq

@@ -18,6 +18,8 @@ LOGIT_TOLERANCE = 1e-4
 VISION_RELATIVE_TOLERANCE = 1e-5
 HELDOUT = Path(__file__).resolve().parents[1] / "calibration" / "editset-heldout.jsonl"
 
+pytestmark = pytest.mark.requires_extra("onnx")
+
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory) -> Path:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+
+pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'firm-lite[serve]'")
 import requests
 from PIL import Image
 from requests.adapters import HTTPAdapter, Retry

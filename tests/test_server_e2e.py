@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'firm-lite[serve]'")
 import requests
 from click.testing import CliRunner
 from PIL import Image

@@ -6,6 +6,8 @@ import base64
 
 import pytest
 
+pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'firm-lite[serve]'")
+
 from firm_lite.errors import UserError
 from firm_lite.records import ModeScore
 from firm_lite.server.access import check_bind, is_loopback, token_matches
