@@ -121,9 +121,18 @@ def _describe(source: ImageInput) -> str:
     return str(source)
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """Scale high-bit-depth grey images to 8-bit L by their nominal range."""
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _to_8bit(im: Image.Image, factor: int = 1) -> Image.Image:
+    """Scale a high-bit-depth grey image to 8-bit L by its nominal range, box-averaging ``factor``
+    x ``factor`` blocks first. Pillow cannot reduce these modes, so the averaging happens on the
+    pixels' own integer array (one copy of the decode) into a small float array: never a
+    full-size float copy."""
     arr = np.asarray(im)
+    if factor > 1:
+        h, w = arr.shape[0] // factor, arr.shape[1] // factor
+        arr = arr[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3), dtype=np.float64)
     if im.mode.startswith("I;16") or (im.mode == "I" and arr.max(initial=0) > 255):
         scaled = arr.astype(np.float64) / 257.0
     elif im.mode == "F":
@@ -135,7 +144,7 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB; alpha is composited onto white."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if im.mode in WIDE_GREY_MODES:
         im = _to_8bit(im)
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -257,8 +266,10 @@ def load_image(source: ImageInput, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIX
                 im.draft("RGB", (w // factor, h // factor))  # DCT scaling: never decodes the full size
                 factor = reduce_factor(*im.size, budget)
             im.load()
-            if factor > 1:
-                if im.mode not in REDUCIBLE_MODES:  # palette, 1-bit, 16-bit: convert first
+            if factor > 1 and im.mode in WIDE_GREY_MODES:
+                im = _to_8bit(im, factor)  # 16/32-bit grey: averaged on its own integers
+            elif factor > 1:
+                if im.mode not in REDUCIBLE_MODES:  # palette, 1-bit: convert first
                     im = to_rgb(im)
                 im = im.reduce(factor)  # the full-size decode is dropped here
         except (OSError, SyntaxError, ValueError, EOFError) as exc:

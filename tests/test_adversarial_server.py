@@ -253,9 +253,6 @@ def test_peak_memory_of_the_server_is_bounded_for_huge_images_and_the_memo_bomb(
     assert result["huge"]["growth_mib"] < 183 + 128, result
 
 
-@pytest.mark.xfail(strict=True, reason="images.load_image scales 16-bit grey to 8 bits at full size in float64 "
-                                       "before shrinking (+1.7 GB for 8000 x 8000, ~27 bytes a pixel); owned by "
-                                       "images.py")
 def test_a_16_bit_grey_image_decodes_within_the_same_bound(tmp_path: Path) -> None:
     """A 16-bit grey PNG: its one decode must stay within what the pixel guard promises for any
     image (4 bytes a pixel) plus 128 MiB. 4000 x 4000 keeps it quick; stand-in critic with the tiny
