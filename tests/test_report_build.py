@@ -192,9 +192,9 @@ def test_images_are_downscaled_deduplicated_and_broken_ones_are_placeholders(tmp
 
     thumb = Image.open(io.BytesIO(base64.b64decode(store.images[0][0].split(",", 1)[1])))
     view = Image.open(io.BytesIO(base64.b64decode(store.images[0][1].split(",", 1)[1])))
-    assert thumb.size == (160, 80) and view.size == (640, 320)
-    assert store.images[1][0] == "data:image/png;base64," + base64.b64encode(small.read_bytes()).decode()
-    assert store.images[1][1] is None  # small enough: one exact copy
+    assert thumb.size == (160, 80) and view.size == (640, 320) and thumb.format == view.format == "WEBP"
+    assert store.images[1][0].startswith("data:image/webp;base64,")
+    assert store.images[1][1] is None  # no larger than a thumbnail: one copy
 
 
 def _calibration_result(manifest: Path) -> dict:
@@ -235,3 +235,17 @@ def test_calibration_result_gets_its_page(tmp_path: Path) -> None:
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert MALICIOUS not in html and escape(MALICIOUS) in html
     assert len(_data_block(html)["images"]) == 2 and html.count("data-img=") == 3  # source, edited, flip row
+
+
+def test_page_of_one_score_run(tmp_path: Path) -> None:
+    from firm_lite.report import score_run_page
+
+    source, edited = make_images(tmp_path, 2)
+    html = tmp_path / "one.html"
+    score_run_page([record("pair", 4, 5)], html, source=str(source), edited=str(edited), instruction=MALICIOUS)
+    pair = _data_block(html.read_text("utf-8"))["pairs"][0]
+    assert pair["ins"] == MALICIOUS and pair["src"] == 0 and pair["m"][0]["ed"] == 1
+
+    out = write_jsonl(tmp_path / "all.jsonl", [record("old", 5, 5), record("pair", 4, 5)])
+    score_run_page([record("pair", 4, 5)], html, out=str(out), source=str(source), edited=str(edited))
+    assert [p["id"] for p in _data_block(html.read_text("utf-8"))["pairs"]] == ["old", "pair"]  # the whole file

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["make_report", "ReportRun", "write_calibration_page"]
+__all__ = ["make_report", "score_run_page", "check_targets", "ReportRun", "write_calibration_page"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("make_report", "ReportRun"):
+    if name in ("make_report", "score_run_page", "check_targets", "ReportRun"):
         from firm_lite.report import build
 
         return getattr(build, name)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from firm_lite.errors import UserError
-from firm_lite.report.load import ScoreFile, read_pair_info, read_score_file
+from firm_lite.report.load import PairInfo, ScoreFile, read_pair_info, read_score_file, score_file_from_records
 from firm_lite.report.stats import LEVEL, RESAMPLES, SEED
 from firm_lite.report.thumbs import THUMB_PX, VIEW_PX, ImageStore
 
@@ -145,8 +145,6 @@ def make_report(files: list[str | Path], *, names: list[str] | None = None,
     ``names``: one per file (default: the file's stem); ``manifests``: one for all files or one per
     file, for images, instructions and edit types; ``thumb_px``/``view_px``: embedded image sizes.
     """
-    from firm_lite.report.summary import markdown_summary, summarize
-
     start = time.perf_counter()
     if not 0 < level < 1 or resamples < 100 or thumb_px < 16 or view_px < 0:
         raise UserError("need 0 < --level < 1, --resamples >= 100, --thumb-px >= 16 and --view-px >= 0")
@@ -160,10 +158,27 @@ def make_report(files: list[str | Path], *, names: list[str] | None = None,
         path = write_calibration_page(files[0], target, manifest=manifests[0] if manifests else None,
                                       thumb_px=thumb_px, view_px=view_px)
         return ReportRun({}, {"html": path}, {"html": path.stat().st_size}, time.perf_counter() - start, "calibration")
-    for target in (out, json_out, markdown):
+    check_targets(out, json_out, markdown)
+    loaded = load_inputs(files, names, manifests)
+    return write_outputs(loaded, out=out, json_out=json_out, markdown=markdown, title=title, thumb_px=thumb_px,
+                         view_px=view_px, resamples=resamples, level=level, seed=seed, start=start)
+
+
+def check_targets(*targets: str | Path | None) -> None:
+    """Fail before any work when an output path is a folder (e.g. before a scoring run)."""
+    for target in targets:
         if target is not None and Path(target).is_dir():
             raise UserError(f"{target}: is a folder; give a file path to write")
-    loaded = load_inputs(files, names, manifests)
+
+
+def write_outputs(loaded: list[ScoreFile], *, out: str | Path | None = None, json_out: str | Path | None = None,
+                  markdown: str | Path | None = None, title: str | None = None, thumb_px: int = THUMB_PX,
+                  view_px: int = VIEW_PX, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED,
+                  start: float | None = None) -> ReportRun:
+    """Summarize loaded score files and write the outputs asked for."""
+    from firm_lite.report.summary import markdown_summary, summarize
+
+    start = time.perf_counter() if start is None else start
     summary = summarize(loaded, resamples=resamples, level=level, seed=seed)
     run = ReportRun(summary)
     if out is not None:
@@ -176,6 +191,31 @@ def make_report(files: list[str | Path], *, names: list[str] | None = None,
     run.sizes = {k: p.stat().st_size for k, p in run.written.items()}
     run.seconds = time.perf_counter() - start
     return run
+
+
+def score_run_page(records: list[dict[str, Any]], html: str | Path, *, out: str | Path | None = None,
+                   manifest: str | Path | None = None, source: str | Path | None = None,
+                   edited: str | Path | None = None, instruction: str | None = None, pair_id: str = "pair",
+                   demo: bool = False, **_: Any) -> ReportRun:
+    """The page of one ``firm-lite score`` run (``--html``): the whole ``out`` file when there is one
+    (resumed records included), else this run's ``records``; images from the manifest, the single
+    pair's paths, or the demo pair. Other keyword arguments (the rest of ``score``'s) are ignored."""
+    from firm_lite.data import demo_pair
+
+    if out is not None and Path(out).is_file():
+        return make_report([out], manifests=[manifest] if manifest else None, out=html)
+    loaded = [score_file_from_records(records, "scores")]
+    if manifest is not None:
+        pairs = read_pair_info(manifest)
+    elif demo:
+        pair = demo_pair()
+        pairs = {pair.id: PairInfo(pair.instruction, None, Path(pair.source), Path(pair.edited))}
+    else:
+        pairs = {pair_id: PairInfo(instruction, None, Path(source) if source else None,
+                                   Path(edited) if edited else None)}
+    for run in loaded[0].runs:
+        run.pairs = pairs
+    return write_outputs(loaded, out=html)
 
 
 def _default_title(files: list[ScoreFile]) -> str:

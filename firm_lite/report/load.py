@@ -168,12 +168,24 @@ def read_score_file(path: str | Path, name: str | None = None) -> ScoreFile:
                         "--out calibration.html` on its own (not mixed with score files)")
     else:
         numbered, bad, lines = _decode_lines(path)
+    found = _collect(str(path), name, numbered, lines, bad)
+    if not any(run.records for run in found.runs) and not found.bad_lines:
+        raise UserError(f"{path}: no score records in it; give the JSONL that `firm-lite score --out` wrote")
+    return found
+
+
+def score_file_from_records(records: list[dict[str, Any]], name: str, path: str = "(this run)") -> ScoreFile:
+    """A :class:`ScoreFile` of records already in memory (``firm-lite score --html`` without ``--out``)."""
+    return _collect(path, name, list(enumerate(records, start=1)), len(records), [])
+
+
+def _collect(path: str, name: str, numbered: list[tuple[int, Any]], lines: int, bad: list[BadLine]) -> ScoreFile:
     by_id: dict[str, dict[str, Any]] = {}
     superseded = 0
     for number, obj in numbered:
         pair_id = _record_id(obj)
         if pair_id is None:
-            bad.append(BadLine(str(path), number, "not a score record (a JSON object with an \"id\")"))
+            bad.append(BadLine(path, number, "not a score record (a JSON object with an \"id\")"))
             continue
         prev = by_id.get(pair_id)
         if prev is not None:
@@ -182,9 +194,7 @@ def read_score_file(path: str | Path, name: str | None = None) -> ScoreFile:
                 continue  # a success is never hidden by a later error row
         by_id[pair_id] = obj
     bad.sort(key=lambda b: b.line)
-    if not by_id and not bad:
-        raise UserError(f"{path}: no score records in it; give the JSONL that `firm-lite score --out` wrote")
-    return ScoreFile(str(path), name, lines, _split_by_provenance(str(path), name, by_id), bad, superseded)
+    return ScoreFile(path, name, lines, _split_by_provenance(path, name, by_id), bad, superseded)
 
 
 def _split_by_provenance(path: str, name: str, records: dict[str, dict[str, Any]]) -> list[ModelRun]:

@@ -85,8 +85,9 @@ def leaderboard_html(summary: dict[str, Any]) -> str:
                     f'<td class="num" data-metric="pairs">{row["pairs"]}</td>'
                     f'<td class="num" data-metric="errors">{row["errors"]}</td>'
                     f'<td class="num" data-metric="parse_failures">{row["parse_failures"]["any"]}</td>{cells}</tr>')
-    return (f'<table id="leaderboard"><thead><tr><th>#</th><th>model (score file)</th><th>pairs</th>'
-            f'<th>error rows</th><th>parse failures</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return (f'<div class="scroll"><table id="leaderboard"><thead><tr><th>#</th><th>model (score file)</th>'
+            f'<th>pairs</th><th>error rows</th><th>parse failures</th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def categories_html(summary: dict[str, Any]) -> str:
@@ -100,13 +101,13 @@ def categories_html(summary: dict[str, Any]) -> str:
         cells = []
         for c in cats:
             est = row["categories"].get(c, {}).get(PRIMARY, {})
-            text = (f'{est["mean"]:.3f}<br><small>[{est["low"]:.2f}, {est["high"]:.2f}] n={est["n"]}</small>'
+            text = (f'{est["mean"]:.3f}<br><small>[{est["low"]:.2f}, {est["high"]:.2f}]<br>n={est["n"]}</small>'
                     if est.get("mean") is not None else "-")
             cells.append(f'<td class="num" data-category="{escape(c)}">{text}</td>')
         rows.append(f'<tr data-model="{escape(row["name"])}"><td class="model">{escape(row["name"])}</td>'
                     f'{"".join(cells)}</tr>')
-    return (f'<table id="categories"><thead><tr><th>CME by edit type</th>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    return (f'<div class="scroll"><table id="categories"><caption>CME by edit type: mean, [95% CI] and pairs'
+            f'</caption><thead><tr><th>model</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def comparisons_html(summary: dict[str, Any]) -> str:
@@ -152,6 +153,8 @@ def gallery_data(runs: list[ModelRun], store: ImageStore) -> dict[str, Any]:
     ids: dict[str, None] = {}
     for run in runs:
         ids.update(dict.fromkeys(run.records))
+    store.add_all([path for pair_id in ids for run in runs if pair_id in run.records
+                   for path in (run.info(pair_id).source, run.info(pair_id).edited)])
     pairs = []
     for pair_id in ids:
         infos = [run.info(pair_id) if pair_id in run.records else None for run in runs]
@@ -176,7 +179,7 @@ def gallery_data(runs: list[ModelRun], store: ImageStore) -> dict[str, Any]:
 
 
 def gallery_html(n_models: int) -> str:
-    disagree = '<option value="dis">disagreement between models (largest first)</option>' if n_models > 1 else ""
+    disagree = '<option value="dis">disagreement (largest first)</option>' if n_models > 1 else ""
     return f"""<div id="controls">
 <label>sort <select id="sort"><option value="id">id</option><option value="cme-asc">CME (lowest first)</option>
 <option value="cme-desc">CME (highest first)</option><option value="x-asc">execution (lowest first)</option>
