@@ -193,18 +193,22 @@ def load_critic(settings: CriticSettings | str | None = None, /, **changes: Any)
 
 
 def _load(settings: CriticSettings) -> Critic:
-    from firm_lite.device import dtype_name, resolve_device, resolve_dtype
+    from firm_lite.device import cap_memory, dtype_name, resolve_device, resolve_dtype
     from firm_lite.sources import resolve_model
-    from firm_lite.variants.registry import LoadRequest, resolve_variant
+    from firm_lite.variants.registry import LoadRequest, backend_record, resolve_variant
 
     model, variant = settings.model, settings.variant
     dev = resolve_device(settings.device)
     torch_dtype = resolve_dtype(settings.dtype, dev)
+    if settings.memory_cap_gib is not None:
+        cap_memory(dev, settings.memory_cap_gib)
     choice = None
     if variant == "auto":  # the most accurate variant that fits this device's free memory
         from firm_lite.plan import auto_image_size, choose_variant
 
-        variant, choice = choose_variant(model, dev, image_size=auto_image_size(settings.max_pixels))
+        variant, choice = choose_variant(model, dev, image_size=auto_image_size(settings.max_pixels),
+                                         pairs=settings.batch_size, cap_gib=settings.memory_cap_gib,
+                                         dtype=dtype_name(torch_dtype))
         log.info("%s", choice)
     spec, folder = resolve_variant(variant)
     # An exported folder carries its own config and processor: unless --model names another
@@ -226,7 +230,8 @@ def _load(settings: CriticSettings) -> Critic:
                   weights=settings.weights, max_image_pixels=settings.max_image_pixels,
                   provenance={"source": source.as_record(), "variant_family": spec.family,
                               "variant_folder": str(folder) if folder else None,
-                              "variant_choice": choice, "drift_warning": drift_warning},
+                              "variant_choice": choice, "drift_warning": drift_warning,
+                              "backend": backend_record(loaded_model)},
                   settings=settings)
 
 

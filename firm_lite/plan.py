@@ -7,10 +7,12 @@ bitsandbytes packed weights plus their quantization constants. Which modules are
 from the same recipes the exports use. For the default model the published Qwen3-VL-8B config
 ships with the package (``firm_lite/configs/qwen3_vl_8b.json``), so planning works offline.
 
-KV cache and activations are estimates for ONE edit pair at a given image size: both modes'
-conversations in one batch (no prefix sharing), each holding the prompt, two images and 256 new
-tokens; SDPA/flash attention (no seq x seq score matrix). :func:`plan` returns the rows that
-``firm-lite plan`` prints; :func:`choose_variant` is ``--variant auto``.
+KV cache and activations are estimates for a batch of edit pairs (one by default) at a given
+image size: both modes' conversations of every pair in one batch (no prefix sharing), each holding
+the prompt, two images and 256 new tokens; SDPA/flash attention (no seq x seq score matrix); they
+grow linearly with the batch. :func:`plan` returns the rows that ``firm-lite plan`` prints;
+:func:`choose_variant` is ``--variant auto``, planned for the batch size the caller will run and
+within a memory cap when one is set.
 """
 
 from __future__ import annotations
@@ -207,14 +209,15 @@ def kv_bytes_per_token(inv: Inventory, dtype_bytes: int = 2) -> int:
     return 2 * t["num_hidden_layers"] * t["num_key_value_heads"] * head_dim * dtype_bytes
 
 
-def kv_cache_bytes(inv: Inventory, image_size: tuple[int, int], dtype_bytes: int = 2) -> int:
-    """Both modes' conversations of one pair, cached in full."""
-    return 2 * sequence_tokens(inv, image_size) * kv_bytes_per_token(inv, dtype_bytes)
+def kv_cache_bytes(inv: Inventory, image_size: tuple[int, int], dtype_bytes: int = 2, pairs: int = 1) -> int:
+    """Both modes' conversations of ``pairs`` pairs, cached in full."""
+    return 2 * pairs * sequence_tokens(inv, image_size) * kv_bytes_per_token(inv, dtype_bytes)
 
 
-def activation_bytes(inv: Inventory, image_size: tuple[int, int], dtype_bytes: int = 2) -> int:
-    """Peak working set: the vision tower on both images (patch inputs, residual, qkv, attention
-    output, MLP, merged + deepstack features) plus one decoder layer's prefill for both conversations."""
+def activation_bytes(inv: Inventory, image_size: tuple[int, int], dtype_bytes: int = 2, pairs: int = 1) -> int:
+    """Peak working set: the vision tower on both images of every pair (patch inputs, residual,
+    qkv, attention output, MLP, merged + deepstack features; the engine encodes a batch's images in
+    one call) plus one decoder layer's prefill for both conversations of every pair."""
     v, t = inv.vision, inv.text
     w, h = image_size
     patches = 2 * image_tokens(inv, w, h) * v["spatial_merge_size"] ** 2
@@ -222,7 +225,7 @@ def activation_bytes(inv: Inventory, image_size: tuple[int, int], dtype_bytes: i
     vision = patches * (6 * v["hidden_size"] + 2 * v["intermediate_size"] + patch_in)
     merged = patches // v["spatial_merge_size"] ** 2 * v["out_hidden_size"] * (1 + len(v["deepstack_visual_indexes"]))
     prefill = 2 * sequence_tokens(inv, image_size) * (4 * t["hidden_size"] + 3 * t["intermediate_size"])
-    return (vision + merged + prefill) * dtype_bytes
+    return pairs * (vision + merged + prefill) * dtype_bytes
 
 
 # ---- rows, the table, and --variant auto --------------------------------------------------------
@@ -250,17 +253,19 @@ def _candidates() -> list[tuple[str, str, Any, int | None]]:
 
 
 def plan(model: str = DEFAULT_MODEL, vram_gib: float | None = None,
-         image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, dtype: str = "bf16") -> list[PlanRow]:
-    """One row per variant: exact weight memory, KV-cache and activation estimates for one pair at
-    ``image_size``, and whether the total fits ``vram_gib`` (None: not judged)."""
+         image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, dtype: str = "bf16", pairs: int = 1) -> list[PlanRow]:
+    """One row per variant: exact weight memory, KV-cache and activation estimates for a batch of
+    ``pairs`` pairs at ``image_size``, and whether the total fits ``vram_gib`` (None: not judged)."""
     if dtype not in DTYPE_BYTES:
         raise UserError(f"--dtype {dtype}: expected one of bf16, fp16, fp32")
     if min(image_size) < 1:
         raise UserError(f"--image-size {image_size[0]}x{image_size[1]}: sides must be positive")
+    if pairs < 1:
+        raise UserError(f"--batch-size {pairs}: must be >= 1")
     inv = inventory(model)
     run_bytes = DTYPE_BYTES[dtype]
-    kv = kv_cache_bytes(inv, image_size, run_bytes)
-    act = activation_bytes(inv, image_size, run_bytes)
+    kv = kv_cache_bytes(inv, image_size, run_bytes, pairs)
+    act = activation_bytes(inv, image_size, run_bytes, pairs)
     rows = []
     for name, how, recipe, dense in _candidates():
         weights = weight_bytes(inv, recipe, dense or run_bytes)
@@ -272,12 +277,13 @@ def plan(model: str = DEFAULT_MODEL, vram_gib: float | None = None,
 
 
 def format_table(rows: list[PlanRow], model_label: str, vram_gib: float | None,
-                 image_size: tuple[int, int], inv: Inventory | None = None) -> str:
+                 image_size: tuple[int, int], inv: Inventory | None = None, pairs: int = 1) -> str:
     """The human table ``firm-lite plan`` prints."""
     unit, scale = ("GiB", GIB) if max((r.weights for r in rows), default=0) >= GIB else ("MiB", 2**20)
     g = lambda b: f"{b / scale:.2f}"  # noqa: E731
     head = f"{'variant':<14} {'weights':>8} {'kv-cache':>9} {'activ.':>7} {'total':>7}  {'fits':<5} how"
-    lines = [f"model: {model_label}", f"one pair at {image_size[0]}x{image_size[1]} px"
+    batch = "one pair" if pairs == 1 else f"a batch of {pairs} pairs"
+    lines = [f"model: {model_label}", f"{batch} at {image_size[0]}x{image_size[1]} px"
              + (f", {vram_gib:g} GiB" if vram_gib is not None else "") + f"; sizes in {unit}", head, "-" * len(head)]
     for r in rows:
         fits = "-" if r.fits is None else ("yes" if r.fits else "NO")
@@ -294,23 +300,32 @@ def format_table(rows: list[PlanRow], model_label: str, vram_gib: float | None,
 
 
 def choose_variant(model: str, device: Any, free_bytes: int | None = None,
-                   image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> tuple[str, str]:
-    """``--variant auto``: the most accurate variant whose planned total fits the free memory of
-    ``device``. fp32 is skipped on GPUs (bf16 is the reference there). Returns (name, reason)."""
-    from firm_lite.device import free_memory_bytes
+                   image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, pairs: int = 1, cap_gib: float | None = None,
+                   dtype: str | None = None) -> tuple[str, str]:
+    """``--variant auto``: the most accurate variant whose planned total for a batch of ``pairs``
+    pairs fits the memory ``device`` has free, within ``cap_gib`` when set. ``dtype`` (default:
+    what ``--dtype auto`` gives on ``device``) prices the KV cache and the kept parts; fp32 is
+    skipped on GPUs, and so is bf16 where it is emulated (fp16 default). Returns (name, reason)."""
+    from firm_lite.device import default_dtype_name, device_capability, free_memory_bytes
 
-    free = free_memory_bytes(device) if free_bytes is None else free_bytes
-    dtype = "fp32" if device.type == "cpu" else "bf16"
-    rows = [r for r in plan(model, free / GIB, image_size, dtype) if r.how.startswith("--variant ")]
+    free = free_memory_bytes(device, cap_gib) if free_bytes is None else free_bytes
+    if cap_gib is not None:
+        free = min(free, int(cap_gib * GIB))
+    dtype = dtype or default_dtype_name(device.type, device_capability(device))
+    rows = [r for r in plan(model, free / GIB, image_size, dtype, pairs) if r.how.startswith("--variant ")]
     if device.type != "cpu":
-        rows = [r for r in rows if r.variant != "fp32"]
+        skip = {"fp32"} | ({"bf16"} if dtype == "fp16" else set())
+        rows = [r for r in rows if r.variant not in skip]
+    where = f"{free / GIB:.1f} GiB free on {device}" + (f" (capped at {cap_gib:g} GiB)" if cap_gib else "")
+    batch = "one" if pairs == 1 else f"a batch of {pairs}"
     for row in rows:
         if row.fits:
-            return row.variant, (f"variant auto -> {row.variant}: needs ~{row.total / GIB:.1f} GiB for one "
-                                 f"{image_size[0]}x{image_size[1]} pair, {free / GIB:.1f} GiB free on {device}")
+            return row.variant, (f"variant auto -> {row.variant}: needs ~{row.total / GIB:.1f} GiB for {batch} "
+                                 f"{image_size[0]}x{image_size[1]} pair{'s' if pairs > 1 else ''} in {dtype}, {where}")
     smallest = min(rows, key=lambda r: r.total)
-    raise UserError(f"--variant auto: nothing fits {free / GIB:.1f} GiB free on {device} (smallest: "
-                    f"{smallest.variant}, ~{smallest.total / GIB:.1f} GiB); free memory or use --device cpu")
+    raise UserError(f"--variant auto: nothing fits {where} for {batch} {image_size[0]}x{image_size[1]} "
+                    f"pair{'s' if pairs > 1 else ''} (smallest: {smallest.variant}, ~{smallest.total / GIB:.1f} GiB); "
+                    "lower --batch-size or --max-pixels, free memory, or use --device cpu")
 
 
 def auto_image_size(max_pixels: int | None = None) -> tuple[int, int]:

@@ -56,7 +56,8 @@ def run_provenance(critic: Any) -> dict[str, Any]:
     return {
         "firm_lite": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
         "model": critic.provenance.get("source"), "variant": critic.variant,
-        "device": str(critic.device), "image_budget": critic.budget.as_record(),
+        "device": str(critic.device), "backend": critic.provenance.get("backend"),
+        "image_budget": critic.budget.as_record(),
         "decoding": critic.decoding.as_record(), "protocol": critic.protocol, "prompt_sha256": prompt_hash(),
         "cme_weights": {"w1": critic.weights.w1, "w2": critic.weights.w2},
     }
@@ -93,7 +94,7 @@ def score(settings: CriticSettings | None = None, *, source: str | Path | None =
         rows = list(read_manifest(manifest))
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
-    settings = settings or CriticSettings()
+    settings = (settings or CriticSettings()).replace(batch_size=batch_size)  # --variant auto plans for it
     weights = settings.weights
 
     done = read_results(out) if out else ResultIndex()

@@ -42,7 +42,10 @@ class CriticSettings:
     ``bf16``, ``nf4``, ...), an exported folder, ``default`` (``dtype`` decides) or ``auto``, any
     of them with ``+fast``; ``min_pixels``/``max_pixels``: the image budget (None: the model's
     processor); ``max_new_tokens``: the answer cap (the reference uses 256); ``w1``/``w2``: CME
-    weights; ``max_image_pixels``: the decompression-bomb guard; ``revision``: hub revision.
+    weights; ``max_image_pixels``: the decompression-bomb guard; ``revision``: hub revision;
+    ``batch_size``: pairs per forward pass the caller runs (``--variant auto`` plans memory for
+    it; the verbs set it from their own batch size); ``memory_cap_gib``: the most GPU memory this
+    process may use (``--variant auto`` plans within it and the CUDA allocator is capped to it).
     """
 
     model: str = DEFAULT_MODEL
@@ -58,6 +61,8 @@ class CriticSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     engine: str = "auto"
     protocol: str = "full"
+    batch_size: int = 4
+    memory_cap_gib: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +71,9 @@ class CriticSettings:
             (self.protocol in PROTOCOLS, f"protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1 (got {self.max_new_tokens})"),
             (self.max_image_pixels >= 1, f"max_image_pixels must be >= 1 (got {self.max_image_pixels})"),
+            (self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})"),
+            (self.memory_cap_gib is None or self.memory_cap_gib > 0,
+             f"memory cap must be > 0 GiB (got {self.memory_cap_gib})"),
             (all(p is None or p >= 1 for p in (self.min_pixels, self.max_pixels)), "min/max_pixels must be >= 1"),
             (None in (self.min_pixels, self.max_pixels) or self.min_pixels <= self.max_pixels,
              f"min_pixels {self.min_pixels} is over max_pixels {self.max_pixels}"),
@@ -85,9 +93,11 @@ class CriticSettings:
     @property
     def load_key(self) -> CriticSettings:
         """The settings that decide which weights and processor are loaded: engine and protocol
-        are views of one loaded critic (``nf4+fast`` shares ``nf4``'s weights)."""
+        are views of one loaded critic (``nf4+fast`` shares ``nf4``'s weights); the batch size
+        matters only to ``--variant auto``'s choice."""
         variant, _ = split_protocol(self.variant, self.protocol)
-        return replace(self, variant=variant, engine="auto", protocol="full")
+        batch = self.batch_size if variant == "auto" else CriticSettings.batch_size
+        return replace(self, variant=variant, engine="auto", protocol="full", batch_size=batch)
 
     def replace(self, **changes: Any) -> CriticSettings:
         return replace(self, **changes)

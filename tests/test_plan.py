@@ -77,13 +77,14 @@ def test_auto_picks_the_most_accurate_variant_that_fits() -> None:
     import torch
 
     gpu = torch.device("cuda", 0)  # planning only: nothing is allocated
-    assert choose_variant("VisionXLab/FIRM-Edit-8B", gpu, free_bytes=40 * GIB)[0] == "bf16"  # fp32 skipped on GPU
-    name, reason = choose_variant("VisionXLab/FIRM-Edit-8B", gpu, free_bytes=12 * GIB)
+    bf16 = {"dtype": "bf16"}  # an Ampere-or-later card (the dtype is otherwise read from the device)
+    assert choose_variant("VisionXLab/FIRM-Edit-8B", gpu, free_bytes=40 * GIB, **bf16)[0] == "bf16"  # no fp32 on GPU
+    name, reason = choose_variant("VisionXLab/FIRM-Edit-8B", gpu, free_bytes=12 * GIB, **bf16)
     assert name == "nf4" and "12.0 GiB free" in reason
-    assert choose_variant("VisionXLab/FIRM-Edit-8B", gpu, free_bytes=13 * GIB)[0] == "int8"
+    assert choose_variant("VisionXLab/FIRM-Edit-8B", gpu, free_bytes=13 * GIB, **bf16)[0] == "int8"
     assert choose_variant("VisionXLab/FIRM-Edit-8B", torch.device("cpu"), free_bytes=64 * GIB)[0] == "fp32"
     with pytest.raises(UserError, match="nothing fits"):
-        choose_variant("VisionXLab/FIRM-Edit-8B", gpu, free_bytes=4 * GIB)
+        choose_variant("VisionXLab/FIRM-Edit-8B", gpu, free_bytes=4 * GIB, **bf16)
 
 
 def test_plan_command_prints_the_8b_table_offline() -> None:

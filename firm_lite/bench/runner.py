@@ -79,6 +79,8 @@ def bench(settings: CriticSettings | None = None, *, variants: list[str] | tuple
     from firm_lite.manifest import read_manifest
 
     settings = settings or CriticSettings(model="tiny")
+    if memory_cap_gib is None:
+        memory_cap_gib = settings.memory_cap_gib
     model, device, max_new_tokens = settings.model, settings.device, settings.max_new_tokens
     manifest = Path(manifest)
     pairs = [r for r in read_manifest(manifest) if r.pair is not None]
@@ -105,9 +107,10 @@ def bench(settings: CriticSettings | None = None, *, variants: list[str] | tuple
     for i, variant in enumerate(variants):
         if progress:
             log.info("[bench] %s: measuring in its own process ...", variant)
-        spec = {"settings": asdict(settings.replace(variant=variant)), "variant": variant,
+        loaded = settings.replace(variant=variant, batch_size=max(batch_sizes), memory_cap_gib=memory_cap_gib)
+        spec = {"settings": asdict(loaded), "variant": variant,
                 "manifest": str(manifest), "batch_sizes": list(batch_sizes), "limit": limit,
-                "baseline": i == 0, "threads": threads, "memory_cap_gib": memory_cap_gib}
+                "baseline": i == 0, "threads": threads}
         res = _run_worker(spec, timeout_s)
         if i == 0 and "baseline" in res:
             baseline = res.pop("baseline")

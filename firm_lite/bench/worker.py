@@ -94,33 +94,45 @@ def measure_engine(critic: Any, items: list[tuple[Any, Any, Any]], batch_size: i
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load and measure one variant. Peak memory covers load and every run: torch's reserved
+    peak and the device-level used memory sampled throughout (:class:`firm_lite.device.PeakMemory`),
+    so the CUDA context and memory that ONNX Runtime or vLLM allocate are counted too."""
     from firm_lite.critic import load_critic
-    from firm_lite.device import cap_memory, peak_memory_bytes, reset_peak_memory, resolve_device
+    from firm_lite.device import PeakMemory, resolve_device
     from firm_lite.settings import CriticSettings
 
     settings = CriticSettings(**spec["settings"])
     device = resolve_device(settings.device)
-    if spec.get("memory_cap_gib"):
-        cap_memory(device, float(spec["memory_cap_gib"]))
-    reset_peak_memory(device)
-    t0 = time.perf_counter()
-    critic = load_critic(settings.replace(device=str(device)))
-    load_s = time.perf_counter() - t0
-    items = _items(critic, spec["manifest"], spec.get("limit"))
-    if not items:
-        raise SystemExit(f"no usable pairs in {spec['manifest']}")
-    # warm-up (first-call allocations, lazy kernels) outside the timings
-    critic.score_modes(items[:1])
-    result: dict[str, Any] = {"variant": spec["variant"], "label": critic.variant, "device": str(device),
-                              "load_s": load_s, "engine": critic.uses_engine, "runs": []}
-    if spec.get("baseline"):
-        result["baseline"] = measure_baseline(critic, items)
-    for b in spec["batch_sizes"]:  # backends without the engine batch through generate (no phase split)
-        result["runs"].append(measure_engine(critic, items, b, "full"))
-    if critic.uses_engine and spec.get("fast", True):
-        result["runs"].append(measure_engine(critic, items, max(spec["batch_sizes"]), "fast"))
-    result["peak_memory_bytes"] = peak_memory_bytes(device)
+    with PeakMemory(device) as peak:
+        t0 = time.perf_counter()
+        critic = load_critic(settings.replace(device=str(device)))  # applies settings.memory_cap_gib
+        load_s = time.perf_counter() - t0
+        items = _items(critic, spec["manifest"], spec.get("limit"))
+        if not items:
+            raise SystemExit(f"no usable pairs in {spec['manifest']}")
+        # warm-up (first-call allocations, lazy kernels) outside the timings
+        critic.score_modes(items[:1])
+        result: dict[str, Any] = {"variant": spec["variant"], "label": critic.variant, "device": str(device),
+                                  "load_s": load_s, "engine": critic.uses_engine, "runs": [],
+                                  "provenance": _provenance(critic)}
+        if spec.get("baseline"):
+            result["baseline"] = measure_baseline(critic, items)
+        for b in spec["batch_sizes"]:  # backends without the engine batch through generate (no phase split)
+            result["runs"].append(measure_engine(critic, items, b, "full"))
+        if critic.uses_engine and spec.get("fast", True):
+            result["runs"].append(measure_engine(critic, items, max(spec["batch_sizes"]), "fast"))
+    result["peak_memory"] = peak.report()
+    result["peak_memory_bytes"] = result["peak_memory"]["peak_bytes"]
     return result
+
+
+def _provenance(critic: Any) -> dict[str, Any]:
+    """What was chosen on this machine (``--variant auto``; the backend's providers or kernel),
+    for the results file, as JSON-safe values."""
+    import json
+
+    extra = {k: v for k, v in critic.provenance.items() if k in ("variant_choice", "backend")}
+    return json.loads(json.dumps(extra, default=str))
 
 
 def main(argv: list[str] | None = None) -> None:

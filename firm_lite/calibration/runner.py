@@ -100,7 +100,7 @@ def calibrate(settings: CriticSettings | None = None, *, variants: list[str] | t
     pairs, skipped, labels = _read_pairs(manifest)
     ids = [p.id for p in pairs]
     manifest_sha = manifest_fingerprint(manifest, pairs)
-    settings = settings or CriticSettings()
+    settings = (settings or CriticSettings()).replace(batch_size=batch_size)
     reference = settings.variant
     base = base_key_parts(settings, batch_size, manifest_sha, memo)
     ref_side = describe_side(reference, settings, memo)

@@ -94,10 +94,15 @@ def critic_options(*, variant: bool = True, protocol: bool = True, model: str | 
                                       "accurate that fits free memory). 'default' loads the checkpoint at --dtype.")),
         ("device", click.option("--device", default="auto", show_default=True,
                                 help="auto (CUDA if present), cpu, cuda, cuda:N.")),
+        ("memory_cap_gib", click.option("--cap-gib", "memory_cap_gib", type=click.FloatRange(min=0, min_open=True),
+                                        default=None,
+                                        help="Use at most this much GPU memory (GiB): --variant auto plans within it "
+                                             "and the CUDA allocator is capped to it (e.g. 24 to stand in for a "
+                                             "24 GB card).")),
         ("dtype", click.option("--dtype", default="auto", show_default=True,
                                type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
                                help="Weights dtype of the default variant (and unquantized parts): auto = bf16 on "
-                                    "GPU, fp32 on CPU.")),
+                                    "GPUs from Ampere on, fp16 on older GPUs (T4, RTX 20xx), fp32 on CPU.")),
         ("min_pixels", click.option("--min-pixels", type=click.IntRange(min=1), default=None,
                                     help="Image budget lower bound in pixels (default: the model's processor).")),
         ("max_pixels", click.option("--max-pixels", type=click.IntRange(min=1), default=None,

@@ -59,8 +59,8 @@ def serve(settings: CriticSettings | None = None, *, config: ServeConfig | None 
     from firm_lite.server.app import create_app
     from firm_lite.server.connections import uvicorn_limits
 
-    settings = settings or CriticSettings()
     config = config or ServeConfig()
+    settings = (settings or CriticSettings()).replace(batch_size=config.max_batch)  # what --variant auto plans for
     access = check_bind(host, config.token, insecure_no_auth)
     _show_server_log(log_level)
     sock = bind_socket(host, port)

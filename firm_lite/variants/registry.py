@@ -26,6 +26,16 @@ _BUILTIN_MODULES: list[str] = ["firm_lite.variants.reference", "firm_lite.varian
                                "firm_lite.variants.onnx", "firm_lite.variants.bnb", "firm_lite.variants.gptq"]
 
 
+# A backend may record what it chose on this machine (execution providers, kernel, dtype) as a
+# JSON-able dict in this attribute of the model it returns; the critic keeps it in its provenance.
+BACKEND_RECORD = "firm_lite_backend"
+
+
+def backend_record(model: Any) -> dict[str, Any] | None:
+    record = getattr(model, BACKEND_RECORD, None)
+    return dict(record) if isinstance(record, dict) else None
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """Everything a backend needs to load: same shape for every backend."""
