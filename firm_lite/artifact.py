@@ -10,6 +10,13 @@ check covers weight files only, so recording a verdict never invalidates a folde
 :func:`calibration_warning` is the one line a user sees when a folder was never calibrated or
 failed. Builders (``firm_lite.export``) write folders with this module, backends
 (``firm_lite.variants``) read them with it. Nothing here imports torch.
+
+Hashing 16-33 GB of weights on every load would cost a minute or more, so :class:`HashMemo`
+remembers each file's sha256 under what changes whenever the file does: device, inode, size,
+mtime and ctime (ctime cannot be set back by a user, so ``touch -d`` does not forge a match). A
+verified folder is re-hashed only after a change; the memo lives in the user's cache
+(``$XDG_CACHE_HOME/firm-lite``), so it guards against accidents and other users, not against
+someone who can already write that user's files.
 """
 
 from __future__ import annotations
@@ -52,6 +59,73 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """firm-lite's folder in the user's cache (``$XDG_CACHE_HOME/firm-lite``, else ``~/.cache/firm-lite``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "firm-lite"
+
+
+class HashMemo:
+    """sha256 of files already hashed, keyed by (device, inode, size, mtime_ns, ctime_ns).
+
+    ``HashMemo()`` uses ``user_cache_dir()/file-sha256.json``; ``HashMemo(None)`` remembers
+    nothing across processes. :meth:`save` writes atomically; a memo that cannot be read or
+    written is treated as empty (it only ever saves work)."""
+
+    FILE = "file-sha256.json"
+    _default = object()
+
+    def __init__(self, path: Path | None | object = _default) -> None:
+        self.path: Path | None = user_cache_dir() / self.FILE if path is HashMemo._default else path
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        if self.path is not None and self.path.is_file():
+            try:
+                loaded = json.loads(self.path.read_text("utf-8"))
+            except (OSError, ValueError):
+                loaded = {}
+            self._entries = loaded if isinstance(loaded, dict) else {}
+
+    @staticmethod
+    def _key(path: Path) -> tuple[str, list[int]]:
+        st = path.stat()
+        return str(path.resolve()), [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+    def known(self, path: Path) -> str | None:
+        """The remembered sha256 of ``path`` if the file has not changed since, else None."""
+        name, stamp = self._key(path)
+        entry = self._entries.get(name)
+        if isinstance(entry, dict) and entry.get("stat") == stamp:
+            return entry.get("sha256")
+        return None
+
+    def sha256(self, path: Path) -> str:
+        """``path``'s sha256: remembered, or computed now and remembered."""
+        path = Path(path)
+        value = self.known(path)
+        if value is None:
+            name, stamp = self._key(path)
+            value = sha256_file(path)
+            if self._key(path)[1] == stamp:  # unchanged while it was read: safe to remember
+                self._entries[name] = {"stat": stamp, "sha256": value}
+                self._dirty = True
+        return value
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+        tmp = self.path.with_name(f".{self.FILE}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(live, indent=0), "utf-8")
+            os.replace(tmp, self.path)
+            self._dirty = False
+        except OSError as exc:  # a read-only cache only costs a re-hash next time
+            log.debug("could not save the hash memo %s: %s", self.path, exc)
+            if tmp.exists():
+                tmp.unlink()
 
 
 def library_versions() -> dict[str, str | None]:
@@ -104,9 +178,11 @@ def record_calibration(folder: str | Path, verdict: dict[str, Any]) -> None:
     write_manifest(folder, manifest)
 
 
-def verify_weights(folder: str | Path, manifest: dict[str, Any] | None = None) -> None:
-    """Refuse a folder whose weight files differ from the manifest (size first, then sha256)."""
+def verify_weights(folder: str | Path, manifest: dict[str, Any] | None = None, memo: HashMemo | None = None) -> None:
+    """Refuse a folder whose weight files differ from the manifest (size first, then sha256;
+    a file unchanged since it was last hashed is not read again, see :class:`HashMemo`)."""
     folder = Path(folder)
+    memo = memo if memo is not None else HashMemo()
     manifest = manifest if manifest is not None else read_variant_manifest(folder)
     recorded = manifest.get("weights")
     if not isinstance(recorded, dict) or not recorded:
@@ -124,9 +200,11 @@ def verify_weights(folder: str | Path, manifest: dict[str, Any] | None = None) -
         if size != entry.get("bytes"):
             raise UserError(f"{folder}: weight file {name} is {size} bytes, {entry.get('bytes')} recorded "
                             "(truncated or replaced); re-export the variant")
-        if sha256_file(path) != entry.get("sha256"):
+        if memo.sha256(path) != entry.get("sha256"):
+            memo.save()
             raise UserError(f"{folder}: weight file {name} does not match its recorded sha256 "
                             "(tampered or corrupted); re-export the variant")
+    memo.save()
 
 
 def check_exported_folder(folder: str | Path, backend: str) -> dict[str, Any] | None:
