@@ -39,8 +39,10 @@ from firm_lite.cli import critic_options
               help="Write the verdict into exported variant folders (the drift gate `score` reads).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Draw calibration.png (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
+@click.option("--html", is_flag=True, help="Also write OUT/calibration.html: drift tables, confusion matrices and "
+                                            "the worst flips with their images (see `firm-lite report`).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when stderr is a TTY).")
-def calibrate_cmd(as_json: bool, progress: bool | None, **kwargs: Any) -> None:
+def calibrate_cmd(as_json: bool, progress: bool | None, html: bool, **kwargs: Any) -> None:
     """Measure how far variants drift from the reference critic, and gate them.
 
     \b
@@ -62,6 +64,12 @@ def calibrate_cmd(as_json: bool, progress: bool | None, **kwargs: Any) -> None:
         progress = sys.stderr.isatty()
     settings = kwargs.pop("settings").replace(variant=kwargs.pop("reference"))
     run = calibrate(settings, progress=progress, **kwargs)
+    if html:
+        from firm_lite.report import write_calibration_page
+
+        page = write_calibration_page(run.out_dir / "calibration.json", run.out_dir / "calibration.html",
+                                      manifest=kwargs.get("manifest"))
+        click.echo(f"page: {page}", err=True)
     if as_json:
         click.echo(json.dumps(run.result, indent=1, ensure_ascii=False))
     else:
