@@ -249,3 +249,16 @@ def test_page_of_one_score_run(tmp_path: Path) -> None:
     out = write_jsonl(tmp_path / "all.jsonl", [record("old", 5, 5), record("pair", 4, 5)])
     score_run_page([record("pair", 4, 5)], html, out=str(out), source=str(source), edited=str(edited))
     assert [p["id"] for p in _data_block(html.read_text("utf-8"))["pairs"]] == ["old", "pair"]  # the whole file
+
+
+def test_score_html_writes_the_page_of_the_run(tmp_path: Path) -> None:
+    from firm_lite.cli import main
+
+    page = tmp_path / "demo.html"
+    result = CliRunner().invoke(main, ["score", "--model", "tiny", "--device", "cpu", "--demo", "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    pair = _data_block(page.read_text("utf-8"))["pairs"][0]
+    assert pair["id"] == "demo-chelsea-bw" and pair["src"] == 0 and pair["m"][0]["x"]["s"] in range(1, 6)
+
+    refused = CliRunner().invoke(main, ["score", "--model", "tiny", "--demo", "--html", str(tmp_path)])
+    assert refused.exit_code != 0 and "is a directory" in refused.output  # before the model loads
