@@ -213,6 +213,17 @@ def cap_memory(device: Any, gib: float) -> None:
     torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
 
 
+def release_cached_memory(device: Any) -> None:
+    """Return what torch's caching allocator holds to the driver (after a failed load)."""
+    import gc
+
+    gc.collect()
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def synchronize(device: Any) -> None:
     if device.type == "cuda":
         import torch
