@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from firm_lite.errors import ManifestError, PairError, UserError
-from firm_lite.records import EditPair, check_text
+from firm_lite.records import EditPair, check_text, record_line
 
 _ALIASES = {"source": ("source", "image"), "instruction": ("instruction", "prompt")}
 _KNOWN = {"id", "source", "image", "edited", "instruction", "prompt", "requirement"}
@@ -215,7 +215,7 @@ class ResultWriter:
                             "file path") from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.write(record_line(record))
         self._fh.flush()
         os.fsync(self._fh.fileno())
 

@@ -12,6 +12,7 @@ renormalised over those five digits; ``expected`` is their probability-weighted 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,3 +83,8 @@ def build_record(pair_id: str, context: dict[str, Any], execution: ModeScore | N
                             consistency.expected if consistency else None, weights),
         "error": error,
     }
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """A record as one line of a result file; every writer uses this, so equal records are equal bytes."""
+    return json.dumps(record, ensure_ascii=False) + "\n"

@@ -2,6 +2,9 @@
 
 Scores a single pair or a JSONL manifest with one loaded critic, appends records to ``out``
 (resuming: ids already there are skipped), records failing rows as error records and carries on.
+``shard="K/N"`` scores only the manifest rows of that shard (:mod:`firm_lite.shards`).
+:func:`pending_rows` (what is left to do) and :func:`score_rows` (rows -> records) are shared with
+the Ray Data path (:mod:`firm_lite.cluster.batch`), so both write the same records.
 """
 
 from __future__ import annotations
@@ -10,13 +13,17 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firm_lite.data import demo_pair
 from firm_lite.errors import PairError
 from firm_lite.manifest import ManifestRow, ResultIndex, ResultWriter, read_manifest, read_results
 from firm_lite.records import EditPair, build_record, check_text
 from firm_lite.settings import CriticSettings
+from firm_lite.shards import Shard
+
+if TYPE_CHECKING:
+    from firm_lite.critic import Critic
 
 
 @dataclass
@@ -67,7 +74,7 @@ def score(settings: CriticSettings | None = None, *, source: str | Path | None =
           edited: str | Path | None = None, instruction: str | None = None, requirement: str = "",
           pair_id: str = "pair", manifest: str | Path | None = None, demo: bool = False,
           out: str | Path | None = None, batch_size: int = 4, retry_errors: bool = False,
-          progress: bool = False) -> ScoreRun:
+          progress: bool = False, shard: str | Shard | None = None) -> ScoreRun:
     """Score one pair (``source``/``edited``/``instruction``), the bundled ``demo`` pair, or a
     ``manifest`` with the critic ``settings`` describe; see the module docstring."""
     from firm_lite.critic import load_critic
@@ -92,24 +99,17 @@ def score(settings: CriticSettings | None = None, *, source: str | Path | None =
         rows = [ManifestRow(0, pair_id, EditPair(pair_id, Path(source), Path(edited), instruction, requirement))]
     else:
         rows = list(read_manifest(manifest))
+    if shard is not None:
+        if manifest is None:
+            raise UserError("--shard splits a --manifest: give one (a single pair is not split)")
+        shard = Shard.parse(shard)
+        rows = [row for row in rows if shard.holds(row.id)]
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
     settings = (settings or CriticSettings()).replace(batch_size=batch_size)  # --variant auto plans for it
-    weights = settings.weights
 
-    done = read_results(out) if out else ResultIndex()
     run = ScoreRun()
-    todo = []
-    for row in rows:
-        if row.pair is None:  # a row that cannot be scored: record its error once
-            already = (row.id, row.error) in done.errors
-        else:
-            prev = done.get(row.id)
-            already = prev is not None and not (retry_errors and prev.get("error"))
-        if already:
-            run.skipped += 1
-            continue
-        todo.append(row)
+    todo, run.skipped = pending_rows(rows, read_results(out) if out else ResultIndex(), retry_errors)
 
     writer = ResultWriter(out) if out else None  # a bad --out fails here, before minutes of loading
     try:
@@ -129,11 +129,8 @@ def score(settings: CriticSettings | None = None, *, source: str | Path | None =
                 bar.update(1)
 
         try:
-            for chunk in _chunks(todo, batch_size):
-                scored = iter(critic.score([r.pair for r in chunk if r.pair is not None], batch_size))
-                for row in chunk:  # manifest order: a duplicate's error row never precedes its original
-                    emit(next(scored) if row.pair is not None
-                         else build_record(row.id, critic.context, None, None, weights, error=row.error))
+            for record in score_rows(critic, todo, batch_size):
+                emit(record)
         finally:
             if bar:
                 bar.close()
@@ -141,6 +138,33 @@ def score(settings: CriticSettings | None = None, *, source: str | Path | None =
         if writer:
             writer.close()
     return run
+
+
+def pending_rows(rows: list[ManifestRow], done: ResultIndex, retry_errors: bool = False
+                 ) -> tuple[list[ManifestRow], int]:
+    """The rows not yet in ``done`` (a result index), and how many were skipped: an id with a
+    record is done (with ``retry_errors``, only when that record is a success); a row that cannot
+    be scored is done once its error is recorded."""
+    todo = []
+    for row in rows:
+        if row.pair is None:  # a row that cannot be scored: record its error once
+            already = (row.id, row.error) in done.errors
+        else:
+            prev = done.get(row.id)
+            already = prev is not None and not (retry_errors and prev.get("error"))
+        if not already:
+            todo.append(row)
+    return todo, len(rows) - len(todo)
+
+
+def score_rows(critic: Critic, rows: list[ManifestRow], batch_size: int) -> Iterator[dict[str, Any]]:
+    """One record per row, in row order: pairs scored ``batch_size`` at a time, rows that are not
+    pairs as their error records (a duplicate's error row never precedes its original)."""
+    for chunk in _chunks(rows, batch_size):
+        scored = iter(critic.score([r.pair for r in chunk if r.pair is not None], batch_size))
+        for row in chunk:
+            yield (next(scored) if row.pair is not None
+                   else build_record(row.id, critic.context, None, None, critic.weights, error=row.error))
 
 
 def _chunks(rows: list[ManifestRow], batch_size: int) -> Iterator[list[ManifestRow]]:

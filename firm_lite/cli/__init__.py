@@ -19,6 +19,7 @@ from firm_lite import __version__
 # name -> "module:attribute"; add a line here to add a subcommand.
 SUBCOMMANDS: dict[str, str] = {
     "score": "firm_lite.cli.score:score_cmd",
+    "merge": "firm_lite.cli.merge:merge_cmd",
     "bench": "firm_lite.cli.bench:bench_cmd",
     "calibrate": "firm_lite.cli.calibrate:calibrate_cmd",
     "serve": "firm_lite.cli.serve:serve_cmd",
