@@ -15,7 +15,9 @@ Routes (all behind the token check, the body limit and the in-flight budget, see
 - ``POST /v1/score``: JSON (base64 images) or multipart uploads; both modes; answers the
   ``firm-lite score --json`` document. A pair whose image cannot be used, or whose scoring fails,
   becomes an error record; malformed requests and invalid text are a 400.
-- ``GET /health`` and ``GET /metrics``.
+- ``GET /health`` and ``GET /metrics``. When the app is one of several replicas (Ray Serve,
+  :mod:`firm_lite.cluster.serving`), ``cluster`` turns this replica's answer into the cluster's
+  (replicas up; metrics summed over replicas).
 
 Parsing (pickle, JSON) and image header checks run in the thread pool so the event loop stays
 free to take requests; images are decoded by the worker, batch by batch. A client that hangs up
@@ -59,7 +61,7 @@ from firm_lite.server.safe_pickle import UnsafePickleError, dumps_plain, safe_lo
 
 __all__ = ["ServeConfig", "create_app", "score_items"]
 
-log = logging.getLogger("firm_lite.server")
+log = logging.getLogger("firm_lite.server.requests")  # per-request events; --log-level sets it
 CLIENT_GONE = 499  # nginx's code for "client closed request"; nobody reads it
 
 
@@ -111,8 +113,11 @@ def _load_reference(body: bytes, config: ServeConfig) -> Any:
     return parse_reference_request(payload, config.max_items)
 
 
-def create_app(critic: Any, config: ServeConfig | None = None, worker: BatchWorker | None = None) -> Any:
-    """The FastAPI app serving ``critic``; the worker thread starts and stops with the app's lifespan."""
+def create_app(critic: Any, config: ServeConfig | None = None, worker: BatchWorker | None = None,
+               cluster: Any = None) -> Any:
+    """The FastAPI app serving ``critic``; the worker thread starts and stops with the app's lifespan.
+    ``cluster``: an object whose coroutines ``health(body)`` and ``metrics(body)`` widen this
+    server's /health and /metrics answers to all replicas (None: one server)."""
     config = config or ServeConfig()
     metrics = worker.metrics if worker else ServerMetrics()
     worker = worker or BatchWorker(critic, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000.0,
@@ -224,13 +229,18 @@ def create_app(critic: Any, config: ServeConfig | None = None, worker: BatchWork
     @app.get("/health")
     async def health() -> Response:
         ok = worker.running
-        return JSONResponse({"status": "ok" if ok else "stopping", "model": critic.model_id,
-                             "variant": critic.variant, "queue_depth": worker.depth, "in_flight": worker.in_flight,
-                             "limits": config.public()}, status_code=200 if ok else 503)
+        body = {"status": "ok" if ok else "stopping", "model": critic.model_id, "variant": critic.variant,
+                "queue_depth": worker.depth, "in_flight": worker.in_flight, "limits": config.public()}
+        if cluster is not None:
+            body = await cluster.health(body)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
-        return JSONResponse({**metrics.snapshot(), "limits": config.public()})
+        body = {**metrics.snapshot(), "limits": config.public()}
+        if cluster is not None:
+            body = await cluster.metrics(body)
+        return JSONResponse(body)
 
     # Added last = outermost: metrics see every answer, the token is checked before any body is read,
     # and a body is admitted (limit, budget, timeout) before the route reads it.

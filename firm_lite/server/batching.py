@@ -39,7 +39,7 @@ from typing import Any
 from firm_lite.errors import PairError
 from firm_lite.server.metrics import ServerMetrics
 
-log = logging.getLogger("firm_lite.server")
+log = logging.getLogger("firm_lite.server.requests")  # per-request events; --log-level sets it
 
 
 class QueueFull(Exception):

@@ -24,7 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from firm_lite.server.metrics import ServerMetrics
 
-log = logging.getLogger("firm_lite.server")
+log = logging.getLogger("firm_lite.server.requests")  # per-request events; --log-level sets it
 
 
 class _HeadTimeoutH11Protocol(H11Protocol):

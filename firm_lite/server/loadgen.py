@@ -26,8 +26,8 @@ def demo_jpeg_items(n: int) -> list[tuple[bytes, bytes, str]]:
     are mirrored so a batch holds more than one distinct input."""
     from PIL import ImageOps
 
-    from firm_lite.images import encode_jpeg, load_image
     from firm_lite.data import demo_pair
+    from firm_lite.images import encode_jpeg, load_image
 
     pair = demo_pair()
     src, edt = load_image(pair.source), load_image(pair.edited)

@@ -30,7 +30,9 @@ DEFAULT_PORT = 12341  # the reference reward server's port
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on host:port, or a one-line UserError."""
+    """A socket listening on host:port, or a one-line UserError. It listens at once, so a client
+    that connects while the model loads or uvicorn starts waits in the backlog instead of being
+    refused (the start-up line names the URL before uvicorn takes the socket)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -44,6 +46,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}): is another server running there? "
                         "pick another --port") from None
+    sock.listen(2048)  # uvicorn's default backlog; it listens again with its own when it starts
     sock.set_inheritable(True)
     return sock
 
@@ -91,17 +94,19 @@ def serve(settings: CriticSettings | None = None, *, config: ServeConfig | None 
 
 
 def _show_server_log(log_level: str) -> None:
-    """Send the server's own log lines (disconnects, slow clients, failed items) to stderr next to
-    uvicorn's, unless the application has configured logging itself."""
+    """``--log-level`` governs uvicorn and the server's per-request lines (``firm_lite.server.requests``:
+    disconnects, slow clients, failed items); the start-up lines follow the CLI's own verbosity. Called
+    from Python with no logging configured, both go to stderr."""
     import logging
 
+    logging.getLogger("firm_lite.server.requests").setLevel(log_level.upper())
     server_log = logging.getLogger("firm_lite.server")
-    server_log.setLevel(log_level.upper())
     configured = logging.getLogger("firm_lite").handlers or logging.getLogger().handlers  # e.g. the CLI's
     if not server_log.handlers and not configured:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
         server_log.addHandler(handler)
+        server_log.setLevel(logging.INFO)
 
 
 class BackgroundServer:
