@@ -93,6 +93,36 @@ def test_prefill_and_decode_logits_match_pytorch(torch_model, graphs):
                                             f"({'prefill' if step == 0 else 'decode'}) row {row}; all: {diffs}")
 
 
+def test_io_binding_keeps_the_kv_cache_in_ort_values_with_the_same_logits(torch_model, graphs, onnx_dir):
+    """The CUDA decode path (KV cache bound to device memory between steps, only logits to the
+    host) run with ONNX Runtime's CPU provider: same logits as the numpy path, and the cache is
+    never a numpy array between steps."""
+    from onnxruntime import OrtValue
+
+    from firm_lite.onnx.generate import OrtGenerationModel
+    from firm_lite.onnx.runtime import OrtGraphs
+
+    _, processor = torch_model
+    bound = OrtGraphs(onnx_dir, graphs.layout, device="cpu", threads=2, io_binding=True)
+    assert bound.provenance["kv_cache"] == "cpu:0" and graphs.provenance["kv_cache"] == "host (numpy)"
+    arrays = {k: v.numpy() for k, v in _batch(processor).items()}
+    args = (arrays["input_ids"], arrays["attention_mask"], arrays["pixel_values"], arrays["image_grid_thw"],
+            arrays.get("mm_token_type_ids"))
+    (ref, ref_state), (ours, state) = graphs.prefill(*args), bound.prefill(*args)
+    worst = [float(np.abs(ref - ours).max())]
+    for _ in range(3):
+        assert all(isinstance(v, OrtValue) for v in state.past) and len(state.past) == 2 * graphs.layout.num_layers
+        tokens = ref.argmax(axis=-1)
+        (ref, ref_state), (ours, state) = graphs.decode(tokens, ref_state), bound.decode(tokens, state)
+        worst.append(float(np.abs(ref - ours).max()))
+    assert max(worst) <= 1e-6, f"bound vs numpy logits differ by {worst} (prefill, decode 1..3)"
+    greedy = {name: OrtGenerationModel(g, {}).generate(
+        input_ids=arrays["input_ids"], attention_mask=arrays["attention_mask"], pixel_values=arrays["pixel_values"],
+        image_grid_thw=arrays["image_grid_thw"], max_new_tokens=5).sequences for name, g in (("ref", graphs),
+                                                                                           ("bound", bound))}
+    assert greedy["ref"].tolist() == greedy["bound"].tolist()
+
+
 def test_vision_graph_takes_several_image_sizes_in_one_call(torch_model, graphs):
     import torch
 

@@ -69,31 +69,36 @@ def onnx_cmd(as_json: bool, **kwargs: Any) -> None:
 
 @click.command("tensorrt")
 @click.option("--onnx", "onnx_dir", required=True, type=click.Path(file_okay=False, exists=True),
-              help="An unquantized folder from `firm-lite export onnx`.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Engine folder (default: ONNX/tensorrt).")
-@click.option("--fp16/--no-fp16", default=True, show_default=True, help="Let TensorRT use fp16 kernels.")
-@click.option("--workspace-gb", type=click.FloatRange(0.5, 256), default=8.0, show_default=True,
-              help="Builder workspace memory pool.")
-@click.option("--max-batch", type=click.IntRange(1, 256), default=8, show_default=True, help="Largest batch (rows).")
-@click.option("--opt-batch", type=click.IntRange(1, 256), default=4, show_default=True, help="Batch to tune for.")
-@click.option("--max-image-tokens", type=click.IntRange(min=1), default=None,
-              help="Image tokens per image (default: the folder's processor max_pixels / 1024).")
-@click.option("--max-text-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Prompt text tokens besides the images.")
+              help="An unquantized folder from `firm-lite export onnx` (fp16 graphs for the 8B).")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Pairs per call you will score with (score's --batch-size): the profiles' batch.")
+@click.option("--image-size", default="1024x1024", show_default=True,
+              help="Largest image you will score (WIDTHxHEIGHT, after --max-pixels): the profiles' image tokens.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=256, show_default=True,
               help="Answer length the decode profile must reach.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
-def tensorrt_cmd(onnx_dir: str, out: str | None, fp16: bool, workspace_gb: float, overwrite: bool,
-                 max_image_tokens: int | None, **limits: Any) -> None:
-    """Build TensorRT engines (one per graph; fp16; profiles for vision, prefill and decode) from
-    an ONNX export. Needs an NVIDIA GPU and `pip install tensorrt`."""
-    from firm_lite.export.onnx import build_tensorrt
-    from firm_lite.export.onnx.tensorrt import EngineLimits
+@click.option("--fp16/--no-fp16", default=True, show_default=True, help="Let TensorRT use fp16 kernels.")
+@click.option("--workspace-gb", type=click.FloatRange(0.5, 256), default=8.0, show_default=True,
+              help="TensorRT workspace memory.")
+@click.option("--device", default="cuda", show_default=True, help="GPU to build the engines on (cuda or cuda:N).")
+@click.option("--build/--no-build", default=None,
+              help="Build the engines now (default: when this machine has ONNX Runtime's TensorRT provider).")
+@click.option("--overwrite", is_flag=True, help="Replace existing TensorRT settings and engines.")
+def tensorrt_cmd(onnx_dir: str, image_size: str, **kwargs: Any) -> None:
+    """Opt an ONNX folder in to ONNX Runtime's TensorRT provider: explicit profiles sized to
+    --batch-size and --image-size, an engine cache in ONNX/tensorrt/cache, engines built now when
+    this machine can (else at the first load on a GPU). Scoring then uses TensorRT on --device cuda;
+    requests larger than the profiles fail, so size them to what you score."""
+    from firm_lite.cli.plan import parse_image_size
+    from firm_lite.export.onnx import prepare_tensorrt
 
-    record = build_tensorrt(onnx_dir, out, fp16=fp16, workspace_gb=workspace_gb, overwrite=overwrite,
-                            limits=EngineLimits(max_image_tokens=max_image_tokens, **limits), progress=_progress())
-    for name, info in record["engines"].items():
-        click.echo(f"{name:<8} {info['file']:<16} {_size(info['bytes']):>10}  profiles "
-                   f"{', '.join(p['name'] for p in info['profiles'])}")
-    click.echo("note: engine building is not yet verified on GPU hardware, and firm-lite has no TensorRT-engine "
-               "runtime yet (ONNX Runtime's TensorRT provider runs the ONNX folder)", err=True)
+    record = prepare_tensorrt(onnx_dir, image_size=parse_image_size(image_size), progress=_progress(), **kwargs)
+    lim = record["limits"]
+    prompt = lim["images_per_prompt"] * lim["max_image_tokens"] + lim["max_text_tokens"]
+    click.echo(f"TensorRT settings in {onnx_dir}/tensorrt: batch {lim['max_batch']}, {lim['max_image_tokens']} "
+               f"image tokens per image, prompts up to {prompt} tokens, {lim['max_new_tokens']} new tokens; "
+               f"fp16 {record['fp16']}")
+    if record["engines_built"]:
+        click.echo(f"engines built in {record['build_seconds']} s; providers: {record['providers']}")
+    else:
+        click.echo(f"engines not built here ({record.get('not_built') or 'the TensorRT provider did not start'}); "
+                   "they are built at the first load on a GPU (minutes for the 8B)", err=True)

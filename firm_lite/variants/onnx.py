@@ -4,15 +4,17 @@ For deployments that ship ONNX Runtime rather than PyTorch for the model itself.
 "model" is :class:`firm_lite.onnx.generate.OrtGenerationModel`, whose ``generate`` mimics the part
 of Hugging Face greedy search the scoring core uses, so prompts, stop rule, parsing and score
 read-out are the same code as for every other variant. Execution providers follow the device
-(CPU; CUDA and TensorRT when ``onnxruntime-gpu`` is installed); ``LoadRequest.options`` may set
-``threads`` and ``providers`` explicitly.
+(CPU; CUDA with ``onnxruntime-gpu``; TensorRT only for a folder prepared with ``firm-lite export
+tensorrt``), see :mod:`firm_lite.onnx.providers`; the providers each graph really runs on are
+recorded in the critic's provenance. ``LoadRequest.options`` may set ``threads``, ``providers``,
+``tensorrt`` (False: never) and ``io_binding`` explicitly.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from firm_lite.variants.registry import LoadRequest, VariantSpec, register
+from firm_lite.variants.registry import BACKEND_RECORD, LoadRequest, VariantSpec, register
 
 
 def load_onnx(request: LoadRequest) -> tuple[Any, Any]:
@@ -42,10 +44,14 @@ def load_onnx(request: LoadRequest) -> tuple[Any, Any]:
     layout = GraphLayout.from_record(onnx_meta["layout"])
     device = str(request.device) if request.device is not None else "cpu"
     graphs = OrtGraphs(folder, layout, device=device, threads=request.options.get("threads"),
-                       providers=request.options.get("providers"))
+                       providers=request.options.get("providers"), tensorrt=request.options.get("tensorrt"),
+                       io_binding=request.options.get("io_binding"))
     processor = AutoProcessor.from_pretrained(str(folder))
-    return OrtGenerationModel.from_folder(folder, graphs), processor
+    model = OrtGenerationModel.from_folder(folder, graphs)
+    setattr(model, BACKEND_RECORD, graphs.provenance)
+    return model, processor
 
 
-register(VariantSpec("onnx", "onnx", "exported ONNX graphs run by ONNX Runtime (CPU; CUDA/TensorRT with [gpu])",
+register(VariantSpec("onnx", "onnx", "exported ONNX graphs run by ONNX Runtime (CPU; CUDA with [gpu]; TensorRT "
+                     "opt-in)",
                      load_onnx, weight_bits=32, accuracy_rank=3, extra="onnx", from_folder=True))

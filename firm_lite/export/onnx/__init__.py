@@ -7,7 +7,8 @@ batch, sequence, past and image sizes; :mod:`firm_lite.onnx` runs them.
 
 Modules: :mod:`.patches` (export-time vision attention rewrite), :mod:`.graphs` (wrappers and
 export), :mod:`.quantize` (int8/int4 weights), :mod:`.export` (the ``export onnx`` function),
-:mod:`.tensorrt` (engine builder). Nothing heavy is imported here.
+:mod:`.tensorrt` (TensorRT profiles and engine cache for ONNX Runtime's TensorRT provider).
+Nothing heavy is imported here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def export_onnx(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return run(*args, **kwargs)
 
 
-def build_tensorrt(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    from firm_lite.export.onnx.tensorrt import build_tensorrt as run
+def prepare_tensorrt(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    from firm_lite.export.onnx.tensorrt import prepare_tensorrt as run
 
     return run(*args, **kwargs)
