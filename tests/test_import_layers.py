@@ -1,4 +1,4 @@
-"""Imports run one way: core <- backends <- builders <- harnesses <- server <- CLI, and nothing but
+"""Imports run one way: core <- backends <- builders <- harnesses <- server <- cluster <- CLI, and nothing but
 tests and the dev tools import the dev tools. Every ``import`` in firm_lite/ is read (function-level
 ones included); a wrong-way import fails with its file:line.
 
@@ -24,9 +24,10 @@ LAYERS: dict[int, tuple[str, ...]] = {
     2: ("firm_lite.export",),  # builders
     3: ("firm_lite.calibration", "firm_lite.bench", "firm_lite.report"),  # harnesses
     4: ("firm_lite.server",),
-    5: ("firm_lite.cli",),
+    5: ("firm_lite.cluster",),  # Ray Data scoring, and the server's app on Ray Serve replicas
+    6: ("firm_lite.cli",),
 }
-LAYER_NAMES = {0: "core", 1: "backends", 2: "builders", 3: "harnesses", 4: "server", 5: "cli"}
+LAYER_NAMES = {0: "core", 1: "backends", 2: "builders", 3: "harnesses", 4: "server", 5: "cluster", 6: "cli"}
 DEV = "firm_lite.dev"  # the tiny critic's builder/trainer, comparison heads, the edit-set generator
 # Modules a lower layer may name although they sit higher: none. (Keep it that way.)
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from firm_lite.cli import critic_options
+from firm_lite.cli.cluster import ray_address, score_cluster_options
 
 
 def _fmt(mode: dict[str, Any] | None) -> str:
@@ -51,14 +52,16 @@ def print_table(records: list[dict[str, Any]], detail: bool) -> None:
 @click.option("--manifest", type=click.Path(dir_okay=False),
               help="JSONL with id, source (or image), edited, instruction (or prompt), requirement; "
                    "relative paths resolve against the manifest's folder.")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="Append one JSON record per pair here; ids already in the file are skipped (resume).")
+@click.option("--out", type=click.Path(),
+              help="Append one JSON record per pair here; ids already in the file are skipped (resume). "
+                   "With --ray: a folder of part files.")
 @click.option("--retry-errors", is_flag=True, help="With --out: re-score ids whose last record is an error.")
 @critic_options()
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Pairs per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on for manifests on a TTY).")
+@score_cluster_options
 def score_cmd(as_json: bool, progress: bool | None, **kwargs: Any) -> None:
     """Score edits: execution (was the instruction carried out?) and consistency (was the rest
     left alone?), 1-5 each, plus the CME reward and score probabilities.
@@ -70,11 +73,19 @@ def score_cmd(as_json: bool, progress: bool | None, **kwargs: Any) -> None:
       firm-lite score --model tiny --demo
       firm-lite score --model tiny --source a.png --edited b.png --instruction "add a hat"
       firm-lite score --manifest pairs.jsonl --out scores.jsonl --json
+      firm-lite score --manifest pairs.jsonl --shard 0/4 --out part0.jsonl   # then: firm-lite merge
+      firm-lite score --manifest pairs.jsonl --ray --workers 4 --out scores/ # Ray Data (firm-lite[ray])
     """
     from firm_lite.scoring import score
 
     if progress is None:
         progress = bool(kwargs.get("manifest")) and sys.stderr.isatty()
+    cluster = {name: kwargs.pop(name) for name in ("ray", "workers", "gpus_per_worker", "cpus_per_worker")}
+    cluster["ray"] = ray_address(**cluster)
+    if cluster["ray"] is not None:
+        from firm_lite.cli.cluster import score_on_ray_cmd
+
+        sys.exit(score_on_ray_cmd(**cluster, as_json=as_json, progress=progress, **kwargs))
     run = score(progress=progress, **kwargs)
     if as_json:
         click.echo(json.dumps(run.as_json(), indent=2, ensure_ascii=False))
