@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from firm_lite.cli import critic_options
+from firm_lite.cli.cluster import ray_address, serve_cluster_options
 
 
 @click.command("serve")
@@ -40,6 +41,7 @@ from firm_lite.cli import critic_options
               help="Idle keep-alive connections are closed after this.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True, help="uvicorn log level.")
+@serve_cluster_options
 def serve_cmd(**kwargs: Any) -> None:
     """Serve the critic over HTTP: a drop-in for the FIRM-Edit reference reward server
     (POST /mode/score_execution and /mode/score_consistency, pickled bodies, decoded safely),
@@ -50,11 +52,21 @@ def serve_cmd(**kwargs: Any) -> None:
       firm-lite serve --model tiny                       # loopback, port 12341
       REWARD_SERVER=127.0.0.1:12341 python train.py      # point a trainer at it
       firm-lite serve --host 0.0.0.0 --token "$SECRET"   # reachable from other machines
+      firm-lite serve --ray --replicas 4 --host 0.0.0.0 --token "$SECRET"   # Ray Serve (firm-lite[ray])
     """
     from firm_lite.server.config import ServeConfig
     from firm_lite.server.runner import serve
 
     config = ServeConfig(**{name: kwargs.pop(name) for name in SERVE_CONFIG_OPTIONS}, token=kwargs.pop("token"))
+    cluster = {name: kwargs.pop(name) for name in ("ray", "replicas", "gpus_per_replica", "cpus_per_replica")}
+    cluster["ray"] = ray_address(**cluster)
+    if cluster["ray"] is not None:
+        from firm_lite.cluster.serving import serve_on_ray
+
+        serve_on_ray(kwargs.pop("settings"), config=config, ray=cluster["ray"], replicas=cluster["replicas"] or 1,
+                     gpus_per_replica=cluster["gpus_per_replica"], cpus_per_replica=cluster["cpus_per_replica"] or 1.0,
+                     **kwargs)
+        return
     serve(kwargs.pop("settings"), config=config, **kwargs)
 
 

@@ -123,3 +123,33 @@ class ServerMetrics:
                 "worker_errors": self.worker_errors,
                 "batch_retries": self.batch_retries,
             }
+
+
+# What a value means when replicas' snapshots are combined (:func:`combine_snapshots`): counts add
+# up; these are highest-wins (a percentile cannot be added: the worst replica's is reported).
+_HIGHEST = frozenset({"uptime_s", "p50_s", "p95_s", "max_s", "max_depth", "max", "p95_size"})
+
+
+def combine_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot for several servers (Ray Serve replicas): counts summed, maxima and latency
+    percentiles the highest of any replica, the mean batch size recomputed from the summed
+    histogram."""
+    def combine(values: list[Any], key: str) -> Any:
+        present = [v for v in values if v is not None]
+        if not present:
+            return None
+        if all(isinstance(v, dict) for v in present):
+            keys = list(dict.fromkeys(k for v in present for k in v))
+            return {k: combine([v.get(k) for v in present], k) for k in keys}
+        if key in _HIGHEST:
+            return max(present)
+        return sum(present)
+
+    out = combine(list(snapshots), "") or {}
+    batches = out.get("batches")
+    if batches:
+        histogram = batches.get("size_histogram") or {}
+        scored = sum(int(size) * n for size, n in histogram.items())
+        batches["mean_size"] = scored / batches["count"] if batches.get("count") else None
+        batches["busy_s"] = round(batches.get("busy_s") or 0.0, 3)
+    return out
