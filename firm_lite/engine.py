@@ -168,13 +168,13 @@ def _decode(model: Any, tok: Any, cache: Any, logits: Any, mask: Any, next_pos: 
     gen_cfg = getattr(model, "generation_config", None)
     eos = getattr(gen_cfg, "eos_token_id", None)
     stop_ids.update(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
-    active = torch.arange(n, device=logits.device)
+    active = list(range(n))  # row index of each row still in the batch
     for _step in range(decoding.max_new_tokens):
         next_tok = logits.argmax(dim=-1)
-        digits = logits[:, digit_index]
+        digits = logits[:, digit_index]  # stays on the device until the read-out
         keep = []
-        for k, r in enumerate(active.tolist()):
-            t = int(next_tok[k])
+        # one device-to-host copy per step for all rows (not one synchronising int() per row)
+        for k, (r, t) in enumerate(zip(active, next_tok.tolist(), strict=True)):
             if t in stop_ids:
                 state.done[r] = True
                 continue
@@ -190,7 +190,8 @@ def _decode(model: Any, tok: Any, cache: Any, logits: Any, mask: Any, next_pos: 
         if len(keep) < len(active):
             sel = torch.tensor(keep, device=logits.device)
             cache.batch_select_indices(sel)
-            active, next_tok, mask, next_pos = active[sel], next_tok[sel], mask[sel], next_pos[:, sel]
+            active = [active[k] for k in keep]
+            next_tok, mask, next_pos = next_tok[sel], mask[sel], next_pos[:, sel]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         with torch.inference_mode():
             out = model(input_ids=next_tok[:, None], attention_mask=mask, position_ids=next_pos,

@@ -96,3 +96,38 @@ def test_heldout_integer_scores_identical_batched(tiny_critic, limit: int | None
                 if out[m][k].score != ref[s + k][m].score:
                     diffs.append((pair.id, m, ref[s + k][m].score, out[m][k].score))
     assert not diffs, f"batched engine differs from plain generate on: {diffs[:10]}"
+
+
+def test_decode_reads_the_tokens_once_per_step_not_once_per_row(tiny_critic, tmp_path, monkeypatch) -> None:
+    """On a GPU every int(tensor) is a host synchronisation: decode copies each step's tokens in
+    one call, whatever the number of rows."""
+    import torch
+
+    import firm_lite.engine as engine
+
+    items = _items(tiny_critic, tmp_path, 3)  # 6 rows
+    counts = {"int": 0, "tolist": 0}
+    real_int, real_tolist, real_decode = torch.Tensor.__int__, torch.Tensor.tolist, engine._decode
+
+    def counting(name, real):
+        def wrapper(self, *args, **kwargs):
+            counts[name] += 1
+            return real(self, *args, **kwargs)
+        return wrapper
+
+    def decode(model, *args, **kwargs):
+        monkeypatch.setattr(torch.Tensor, "__int__", counting("int", real_int))
+        monkeypatch.setattr(torch.Tensor, "tolist", counting("tolist", real_tolist))
+        try:
+            out = real_decode(model, *args, **kwargs)
+        finally:
+            monkeypatch.setattr(torch.Tensor, "__int__", real_int)
+            monkeypatch.setattr(torch.Tensor, "tolist", real_tolist)
+        return out
+
+    monkeypatch.setattr(engine, "_decode", decode)
+    timings: dict[str, float] = {}
+    out = tiny_critic.score_modes(items, timings=timings)
+    assert all(m.score is not None for scores in out.values() for m in scores)
+    assert counts["int"] == 0, f"{counts['int']} per-element int() calls during decode"
+    assert 0 < counts["tolist"] <= tiny_critic.decoding.max_new_tokens
