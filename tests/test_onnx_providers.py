@@ -60,6 +60,27 @@ def test_cpu_and_cuda_choices() -> None:
         choose_providers("cuda", [CPU])
 
 
+def test_both_onnxruntimes_installed_names_the_fix() -> None:
+    with pytest.raises(UserError, match="both installed") as err:
+        choose_providers("cuda", [CPU], installed=("onnxruntime", "onnxruntime-gpu"))
+    assert 'pip install "firm-lite[gpu]"' in str(err.value) and "\n" not in str(err.value)
+    assert choose_providers("cpu", [CPU], installed=("onnxruntime", "onnxruntime-gpu")).providers == (CPU,)
+
+
+def test_the_gpu_extra_replaces_the_onnx_extra() -> None:
+    """[gpu] brings everything [onnx] does, with onnxruntime-gpu instead of onnxruntime, and the
+    two are declared conflicting (uv) rather than installed over each other."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text("utf-8"))
+    extras = project["project"]["optional-dependencies"]
+    names = {e: {re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in extras[e]} for e in ("onnx", "gpu")}
+    assert names["gpu"] == names["onnx"] - {"onnxruntime"} | {"onnxruntime-gpu"}
+    assert [{"extra": "onnx"}, {"extra": "gpu"}] in project["tool"]["uv"]["conflicts"]
+
+
 def test_tensorrt_only_when_asked_offered_and_installed() -> None:
     plan = choose_providers("cuda:1", ALL, TRT_OPTS, tensorrt_libs=True)
     assert plan.providers == (TENSORRT, CUDA, CPU)

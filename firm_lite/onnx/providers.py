@@ -52,16 +52,38 @@ def device_index(device: str) -> str:
     return device.partition(":")[2] or "0"
 
 
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed_onnxruntimes() -> tuple[str, ...]:
+    """Which ONNX Runtime distributions are installed (package metadata; nothing is imported)."""
+    from importlib import metadata
+
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            metadata.version(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return tuple(found)
+
+
 def choose_providers(device: str, available: Sequence[str], tensorrt: dict[str, str] | None = None,
-                     tensorrt_libs: bool = True) -> ProviderPlan:
+                     tensorrt_libs: bool = True, installed: Sequence[str] = ()) -> ProviderPlan:
     """The providers for ``device`` ("cpu" or "cuda[:N]") from those ``available``.
 
     ``tensorrt``: the TensorRT provider options of a folder that opted in (None: not asked);
     ``tensorrt_libs``: whether libnvinfer can be found (see
-    :func:`firm_lite.device.tensorrt_libraries_present`)."""
+    :func:`firm_lite.device.tensorrt_libraries_present`); ``installed``: the ONNX Runtime
+    distributions present (:func:`installed_onnxruntimes`), to name the fix when both are."""
     if not device.startswith("cuda"):
         return ProviderPlan((CPU,), ({},))
     if CUDA not in available:
+        if set(ORT_DISTRIBUTIONS) <= set(installed):
+            raise UserError("onnxruntime and onnxruntime-gpu are both installed and overwrite each other (the CPU "
+                            "build won): pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+                            "\"firm-lite[gpu]\" (the [gpu] extra replaces [onnx], never beside it)")
         raise missing_extra("gpu", "onnxruntime-gpu (CUDA execution provider)")
     index = device_index(device)
     plan = ProviderPlan((CUDA, CPU), ({"device_id": index}, {}))

@@ -33,6 +33,7 @@ from firm_lite.onnx.providers import (
     choose_providers,
     device_index,
     folder_tensorrt_options,
+    installed_onnxruntimes,
     open_session,
 )
 
@@ -103,7 +104,8 @@ class OrtGraphs:
 
                 wants = trt.get(name) if trt else None
                 plan = choose_providers(device, ort.get_available_providers(), wants,
-                                        tensorrt_libraries_present() if wants else True)
+                                        tensorrt_libraries_present() if wants else True,
+                                        installed_onnxruntimes() if device.startswith("cuda") else ())
             self.report.requested = list(plan.providers)
             for note in plan.notes:
                 if note not in self.report.notes:
