@@ -228,3 +228,20 @@ def test_heldout_scores_match_pytorch(request):
     ref = load_critic(model="tiny", device="cpu", engine="generate").score(pairs)
     mismatched = [(a, b) for a, b in zip(_scores(ours), _scores(ref), strict=True) if a != b]
     assert not mismatched, f"{len(mismatched)}/{len(pairs)} pairs differ (ORT, torch): {mismatched[:5]}"
+
+
+@pytest.mark.slow
+def test_fp16_export_loads_and_scores(tmp_path):
+    """The fp16 export (what the 8B needs on a GPU: ~16 GiB of graphs, not ~33 GiB) runs end to end;
+    on ONNX Runtime's CPU provider here, on CUDA in bench/gpu_check.py."""
+    from firm_lite.artifact import read_variant_manifest
+    from firm_lite.cli import main
+    from firm_lite.critic import load_critic
+    from firm_lite.data import demo_pair
+
+    out = tmp_path / "fp16"
+    result = CliRunner().invoke(main, ["export", "onnx", "--model", "tiny", "--dtype", "fp16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert read_variant_manifest(out)["onnx"]["layout"]["dtype"] == "fp16"
+    record = load_critic(model="tiny", variant=str(out), device="cpu").score([demo_pair()])[0]
+    assert record["error"] is None and record["execution"]["parse_ok"] and record["consistency"]["parse_ok"]

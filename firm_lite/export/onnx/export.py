@@ -10,6 +10,7 @@ every graph and external-data file), plus the graph layout the runtime needs.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from collections.abc import Callable
@@ -26,6 +27,8 @@ DTYPES = ("fp32", "fp16")
 QUANTIZE = ("none", "int8", "int4")
 MIN_OPSET, MAX_OPSET = 18, 23
 GRAPH_SUFFIXES = (".onnx", ".onnx.data", ".data")
+FP32_GPU_WARNING_BYTES = 12 * 2**30  # above this an fp32 export is for CPU only: say so
+log = logging.getLogger(__name__)
 
 
 def graph_weights(folder: Path) -> dict[str, dict[str, Any]]:
@@ -147,6 +150,11 @@ def export_onnx(model: str, out: str | Path, *, opset: int = 18, dtype: str = "f
     critic = Qwen3VLForConditionalGeneration.from_pretrained(
         source.path, dtype={"fp32": torch.float32, "fp16": torch.float16}[dtype], attn_implementation="sdpa").eval()
     processor = AutoProcessor.from_pretrained(source.path)
+    graph_bytes = sum(p.numel() for p in critic.parameters()) * (4 if dtype == "fp32" else 2)
+    if dtype == "fp32" and graph_bytes > FP32_GPU_WARNING_BYTES:
+        log.warning("fp32 graphs of %s take %.1f GiB: no consumer GPU holds them (fp32 is for ONNX Runtime on "
+                    "CPU); for CUDA or TensorRT export with --dtype fp16 (%.1f GiB)", source.model_id,
+                    graph_bytes / 2**30, graph_bytes / 2**31)
     layout = GraphLayout.from_model(critic, dtype)
     float_out = out if quantize == "none" else out.parent / f".{out.name}.float"
     config = Path(source.path) / "config.json"
