@@ -111,6 +111,7 @@ def test_greedy_answer_parses_as_firm_json(processor, model, pair):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_extra("calib")
 @pytest.mark.parametrize("settings", [[], ["vision_steps=1000", "describe_every=1", "self_seen=true"],
                                       ["describe_every=1", "self_seen=true", "frozen_seer=true"]],
                          ids=["default", "all-phases", "frozen-seer"])
@@ -125,10 +126,31 @@ def test_same_seed_builds_identical_weights(tmp_path, settings):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_extra("calib")
 def test_full_rebuild_answers_in_format(tmp_path):
     summary = build_tiny_critic(tmp_path / "critic", seed=0, progress=False)
     assert summary["parse_rate"] >= 0.9
     assert summary["total_bytes"] < 5_000_000
+
+
+@pytest.mark.requires_extra("calib")
+def test_a_quick_build_writes_the_shipped_layout_and_its_check_scores_through_the_runtime(tmp_path):
+    """Smoke of the builder in the default run (the default recipe, every phase a step or so; the
+    recipe options and the full rebuild are ``slow``): the folder it writes has the shipped critic's
+    tokenizer, chat template and configs (only the weights differ), a provenance that names its
+    weights, and its check loaded the folder through ``load_critic`` and scored a held-out pair."""
+    folder = tmp_path / "critic"
+    summary = build_tiny_critic(folder, seed=0, steps=2, progress=False, check_pairs_per_mode=1)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "config.json",
+                 "generation_config.json", "chat_template.jinja"):
+        built, shipped = ((f / name).read_text("utf-8") for f in (folder, TINY_CRITIC_DIR))
+        assert (built == shipped) if name.endswith(".jinja") else (json.loads(built) == json.loads(shipped)), name
+    provenance = json.loads((folder / PROVENANCE_FILE).read_text("utf-8"))
+    assert provenance["model_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    recipe = provenance["recipe"]
+    assert recipe["describe_steps"] + recipe["steps"] == 2 and provenance["comparison_heads"]
+    assert provenance["data"]["eval_pairs"] == 1 and len(summary["records"]) == 1
+    assert all(summary["records"][0][mode]["raw"] for mode in MODES)  # answered (2 steps: not in format yet)
 
 
 def test_recipe_and_dims_overrides_are_typed_and_checked(capsys):
@@ -147,6 +169,8 @@ def test_recipe_and_dims_overrides_are_typed_and_checked(capsys):
     assert exit_info.value.code == 2 and "rope_theta=fast" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a training run per case, for dev-only recipe options (self_seen, frozen_seer)
+@pytest.mark.requires_extra("calib")
 @pytest.mark.parametrize("frozen", [False, True], ids=["live-seer", "frozen-seer"])
 def test_self_seen_asks_the_trained_or_a_frozen_critic(tmp_path, monkeypatch, frozen):
     """``self_seen`` asks the critic in training what it sees (its weights move between the
@@ -181,6 +205,8 @@ def test_recipe_values_are_checked_before_training(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow  # a training run for dev-only recipe options (score_loss, describe_every)
+@pytest.mark.requires_extra("calib")
 def test_expected_error_score_loss_trains_through_describe_batches_mixed_in(tmp_path):
     """Describe batches carry no score digit; the expected-error loss must leave them to cross
     entropy (a build with both used to stop at its first describe batch)."""
@@ -192,6 +218,7 @@ def test_expected_error_score_loss_trains_through_describe_batches_mixed_in(tmp_
     assert math.isfinite(summary["final_loss"]) and summary["provenance"]["recipe"]["score_loss"] == "expected_error"
 
 
+@pytest.mark.requires_extra("calib")
 def test_shipped_critic_beats_a_constant_on_held_out_execution_as_recorded():
     """The shipped weights, scored through the real path on the held-out split, give the MAE its
     provenance records (one thread, as the build's check ran), and that MAE beats the constant
