@@ -21,23 +21,28 @@ from PIL import Image
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 # Import names that are not the distribution's name.
-MODULE_OF = {"scikit-image": "skimage", "python-multipart": "multipart"}
+MODULE_OF = {"scikit-image": "skimage", "python-multipart": "multipart", "onnxruntime-gpu": "onnxruntime"}
 # What the tests of an extra need besides the extra itself: the server tests are HTTP clients.
 TEST_CLIENTS = {"serve": ("requests",)}
 
 
 @cache
 def extra_modules() -> dict[str, tuple[str, ...]]:
-    """Each optional extra of pyproject.toml -> the modules its packages install (``dev`` and ``gpu``,
-    which no test needs as a whole, left out)."""
+    """Each optional extra of pyproject.toml -> the modules its packages install (``firm-lite[x]``
+    in an extra stands for the modules of extra ``x``)."""
     extras = tomllib.loads(PYPROJECT.read_text("utf-8"))["project"]["optional-dependencies"]
-    modules = {}
-    for extra, requirements in extras.items():
-        if extra in ("dev", "gpu"):
-            continue
-        names = [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in requirements]
-        modules[extra] = tuple(MODULE_OF.get(n, n.replace("-", "_")) for n in names) + TEST_CLIENTS.get(extra, ())
-    return modules
+
+    def modules(extra: str) -> tuple[str, ...]:
+        found: list[str] = []
+        for requirement in extras[extra]:
+            name, included = re.match(r"([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?", requirement).groups("")
+            if name == "firm-lite":
+                found += [m for x in included.split(",") for m in modules(x.strip())]
+            else:
+                found.append(MODULE_OF.get(name, name.replace("-", "_")))
+        return tuple(dict.fromkeys(found + list(TEST_CLIENTS.get(extra, ()))))
+
+    return {extra: modules(extra) for extra in extras}
 
 
 def missing_extra(extra: str) -> str | None:
