@@ -19,7 +19,9 @@ def table(results: dict[str, Any]) -> str:
     """Markdown table: one row per variant x protocol x batch size, ratios to the baseline."""
     lines = [f"Model `{results['model']}`, manifest `{results['manifest']}` ({results['pairs']} pairs), "
              f"device {results['device']}, {results.get('threads')} threads, max_new_tokens "
-             f"{results['max_new_tokens']}.", ""]
+             f"{results['max_new_tokens']}. Peak memory per variant (its own process, load and every run): on a "
+             "GPU the larger of torch's reserved peak and the device-level rise (counts the CUDA context and "
+             "memory other runtimes allocate); on a CPU the peak RSS.", ""]
     base = results.get("baseline")
     if base:
         lines.append(f"Baseline (reference-style: one pair at a time, one `generate` per mode, images encoded per "

@@ -122,6 +122,16 @@ def image_tokens_for(folder: Path, image_size: tuple[int, int]) -> int:
     return ImageBudget.from_processor(AutoProcessor.from_pretrained(str(folder))).tokens_for(*image_size)
 
 
+def budget_image_tokens(folder: Path) -> int:
+    """Image tokens per image at the folder's processor ``max_pixels`` (the most it will feed)."""
+    from transformers import AutoProcessor
+
+    from firm_lite.images import ImageBudget
+
+    budget = ImageBudget.from_processor(AutoProcessor.from_pretrained(str(folder)))
+    return max(1, budget.max_pixels // (budget.patch_size * budget.merge_size) ** 2)
+
+
 def tensorrt_available(device: str) -> str | None:
     """Why TensorRT engines cannot be built here (None: they can)."""
     from firm_lite.device import machine_report
