@@ -18,7 +18,7 @@ def edit_rows(n: int) -> list[dict]:
     return rows
 
 
-def write_manifest(folder: Path, pairs: int = 8) -> Path:
+def write_manifest(folder: Path, pairs: int = 6) -> Path:
     """``pairs`` good rows plus: a missing image, a line that is not JSON, a corrupt image, an
     integer id, an empty instruction and a duplicate id (after its original)."""
     rows = edit_rows(pairs)

@@ -137,12 +137,12 @@ def score_on_ray(settings: CriticSettings | None = None, *, manifest: str | Path
     ``ray``: ``auto``, ``local`` or a cluster address (:mod:`~firm_lite.cluster.connect`);
     ``gpus_per_worker`` None: one GPU each when the cluster has GPUs, else CPU workers;
     ``on_record`` is called with each record after it is written (progress hooks, tests)."""
-    from firm_lite.cluster.connect import ray_session, require_ray
+    from firm_lite.cluster.connect import firm_lite_error_in, ray_session, require_ray
 
     settings = settings or CriticSettings()
     if workers < 1 or batch_size < 1 or cpus_per_worker <= 0 or (gpus_per_worker or 0) < 0:
         raise UserError("--workers and --batch-size must be >= 1, --cpus-per-worker > 0, --gpus-per-worker >= 0")
-    require_ray()
+    ray_api = require_ray()
     folder = _out_folder(out)  # a bad --out fails before Ray starts
     rows = list(read_manifest(manifest))
     run = ScoreRun()
@@ -169,10 +169,17 @@ def score_on_ray(settings: CriticSettings | None = None, *, manifest: str | Path
                     bar.update(1)
                 if on_record:
                     on_record(record)
+        except ray_api.exceptions.RayError as exc:
+            reason = firm_lite_error_in(str(exc))  # e.g. a worker that could not load the critic
+            if reason is None:
+                raise
+            raise UserError(f"Ray workers could not score: {reason}") from None
         finally:
             writer.close()
             if bar:
                 bar.close()
+            if not run.records:
+                writer.path.unlink(missing_ok=True)  # no empty part files left behind
     return run
 
 

@@ -130,3 +130,11 @@ def _session(ray: Any, address: str) -> RaySession:
     resources = ray.cluster_resources()
     return RaySession(address=address, cpus=float(resources.get("CPU", 0)),
                       gpus=float(resources.get("GPU", 0)))
+
+
+def firm_lite_error_in(text: str) -> str | None:
+    """The message of the last firm-lite UserError quoted in a remote traceback (a worker or
+    replica that could not load the critic), or None when the failure is something else."""
+    found = [line.strip().split(": ", 1)[1] for line in text.splitlines()
+             if line.strip().startswith("firm_lite.errors.") and ": " in line]
+    return found[-1] if found else None

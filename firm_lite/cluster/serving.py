@@ -30,6 +30,7 @@ proxy has its own and only ``--keep-alive-s`` is passed on to it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -161,7 +162,8 @@ def serve_on_ray(settings: CriticSettings | None = None, *, config: ServeConfig 
     if port == 0:
         raise UserError("--port 0 (any free port) is not possible with --ray: Ray's proxy needs a fixed port")
     require_ray("--ray/--replicas")
-    bind_socket(host, port).close()  # a busy port fails here, not later inside Ray's proxy
+    if ray == "local" or (ray == "auto" and not os.environ.get("RAY_ADDRESS")):
+        bind_socket(host, port).close()  # Ray's proxy will listen on this machine: a busy port fails here
     _show_log(log_level)
     with ray_session(ray) as session:
         import ray as ray_api
@@ -171,6 +173,7 @@ def serve_on_ray(settings: CriticSettings | None = None, *, config: ServeConfig 
         session.check_fits(replicas, cpus_per_replica, gpus, "replica")
         serve.start(http_options={"host": host, "port": port, "keep_alive_timeout_s": max(1, int(config.keep_alive_s))},
                     logging_config={"log_level": log_level.upper(), "enable_access_log": False})
+        _check_proxy_binding(host, port)
         registry = ray_api.remote(ReplicaRegistry).options(num_cpus=0).remote(replicas)
         deployment = serve.deployment(
             serve.ingress()(FirmLiteReplica), name="FirmLite", num_replicas=replicas,
@@ -184,8 +187,8 @@ def serve_on_ray(settings: CriticSettings | None = None, *, config: ServeConfig 
             try:
                 serve.run(deployment.bind(asdict(settings), asdict(config), registry), name=APP_NAME,
                           route_prefix="/")
-            except RuntimeError as exc:  # a replica failed to start (bad model, no memory): Ray's reason
-                raise UserError(f"Ray Serve could not start the replicas: {_last_line(exc)}") from None
+            except RuntimeError as exc:  # a replica failed to start (bad model, no memory): say why
+                raise UserError(f"Ray Serve could not start the replicas: {_why_replicas_failed(serve, exc)}") from None
             shown = f"[{host}]" if ":" in host else host
             log.info(f"firm-lite serve --ray: http://{shown}:{port}  {replicas} replica(s) x {cpus_per_replica:g} CPU"
                      f" {gpus:g} GPU  model {settings.model}\n  routes: POST /mode/score_execution, "
@@ -201,6 +204,20 @@ def serve_on_ray(settings: CriticSettings | None = None, *, config: ServeConfig 
     log.info("firm-lite serve --ray: stopped")
 
 
+def _check_proxy_binding(host: str, port: int) -> None:
+    """Serve's HTTP options are fixed when Serve first starts on a cluster: if it already ran there
+    with another host or port, ours were ignored, and the app must not go up on an address the
+    token rule never saw."""
+    from ray.serve.context import _get_global_client  # the only way to read the options in force
+
+    actual = _get_global_client().http_config
+    if (actual.host, actual.port) != (host, port):
+        raise UserError(f"Ray Serve already runs on this cluster with its HTTP proxy on {actual.host}:{actual.port}, "
+                        f"not {host}:{port} (Serve keeps the options it first started with): pass --host "
+                        f"{actual.host} --port {actual.port} (with --token unless loopback), or run `serve shutdown` "
+                        "on the cluster first")
+
+
 def _wait_for_stop() -> None:
     """Block until Ctrl-C or SIGTERM (handlers restored afterwards)."""
     stop = threading.Event()
@@ -213,9 +230,15 @@ def _wait_for_stop() -> None:
             signal.signal(sig, handler)
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+def _why_replicas_failed(serve: Any, exc: BaseException) -> str:
+    """The replica's own error (a firm-lite UserError's one line when it is one): serve.run only
+    says that the deployment failed; the reason is in the deployment's status message."""
+    from firm_lite.cluster.connect import firm_lite_error_in
+
+    app = serve.status().applications.get(APP_NAME)
+    text = "\n".join([d.message for d in (app.deployments.values() if app else ()) if d.message] + [str(exc)])
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return firm_lite_error_in(text) or (lines[-1] if lines else type(exc).__name__)
 
 
 def _show_log(log_level: str) -> None:
