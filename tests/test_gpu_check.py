@@ -58,7 +58,7 @@ def test_exact_variants_must_match_and_others_may_drift_but_not_break():
 
 
 def test_verdict_fails_on_errors_and_warns_when_the_plan_is_off():
-    result = {"options": {"dry_run": False},
+    result = {"options": {"dry_run": False, "device": "cuda"},
               "tiny": [{"name": "fp32", "status": "pass"}, {"name": "int8", "status": "FAIL (error)", "error": "boom"}],
               "bench_8b": {"status": "run", "memory": [
                   {"variant": "bf16", "planned_gib": 18.7, "peak_gib": 23.0},
@@ -68,6 +68,8 @@ def test_verdict_fails_on_errors_and_warns_when_the_plan_is_off():
     assert not v["passed"]
     assert v["failures"] == ["tiny int8: FAIL (error) (boom)", "8B gptq: worker exited 1: CUDA out of memory"]
     assert v["warnings"] == ["8B bf16: peak 23.0 GiB is over the plan's 18.7 GiB"]
+    result["options"]["device"] = "cpu"  # a CPU peak is the process's RSS, not comparable with the plan
+    assert verdict(result)["warnings"] == []
 
 
 @pytest.mark.slow

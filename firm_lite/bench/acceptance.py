@@ -14,7 +14,8 @@ on a CUDA machine, written as one JSON + markdown report.
    process) and its random GPTQ w4 copy, benched per variant in its own process under a memory
    cap (24 GiB by default, a consumer card), with peak memory as torch's reserved peak and the
    device-level rise (:class:`firm_lite.device.PeakMemory`), next to what ``firm-lite plan``
-   predicted; vLLM rows when ``firm_lite.vllm_backend`` and vLLM are importable.
+   predicted; vLLM rows when ``firm_lite.vllm_backend`` and vLLM are importable
+   (:mod:`firm_lite.bench.acceptance_8b`).
 
 ``dry_run`` does everything up to the first CUDA call (machine report, decisions, the CPU
 reference, the plan of every row) and writes the report with the GPU rows marked not run; the
@@ -157,14 +158,14 @@ def tiny_rows(scratch: Path, dtype: str, report: Any) -> list[Row]:
             row.status = f"skipped: the {row.needs} extra is not installed"
     if not report.tensorrt_libs or "TensorrtExecutionProvider" not in report.ort_providers:
         rows[-2].status = "skipped: no TensorRT provider or libraries"
-    if rows[-1].status == "planned" and not _vllm_backend_importable():
+    if rows[-1].status == "planned" and not vllm_backend_importable():
         rows[-1].status = "skipped: firm_lite.vllm_backend is not importable"
     if dtype == "fp16":
         rows[1].status = "planned (bf16 is emulated on this GPU; fp16 is the default here)"
     return rows
 
 
-def _vllm_backend_importable() -> bool:
+def vllm_backend_importable() -> bool:
     try:
         import firm_lite.vllm_backend  # noqa: F401
     except ImportError:
@@ -242,8 +243,9 @@ def start_onnx_exports(scratch: Path) -> list[tuple[Path, subprocess.Popen | Non
         proc = None
         if not _complete(folder):
             log.info("exporting the tiny critic to ONNX %s in the background", dtype)
-            proc = subprocess.Popen(_cli("-q", "export", "onnx", "--model", "tiny", "--dtype", dtype, "--out",
-                                         str(folder), "--overwrite"), stdout=subprocess.DEVNULL)
+            with (scratch / f"export-onnx-{dtype}.log").open("w") as log_file:  # the child keeps its own handle
+                proc = subprocess.Popen(_cli("-q", "export", "onnx", "--model", "tiny", "--dtype", dtype, "--out",
+                                             str(folder), "--overwrite"), stdout=log_file, stderr=subprocess.STDOUT)
         jobs.append((folder, proc))
     return jobs
 
@@ -264,116 +266,6 @@ def prepare_folders(scratch: Path, device: str, rows: list[Row]) -> None:
             make(Path(row.variant))
         except Exception as exc:  # noqa: BLE001 - the export failing is this row's result
             row.status, row.error = "FAIL (export)", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-
-
-# ---- the 8B-shape bench -------------------------------------------------------------------------
-
-def bench_variants(dtype: str) -> list[tuple[str, str | None]]:
-    """(variant, extra it needs): the reference precision, bitsandbytes nf4 and int8, GPTQ w4."""
-    return [(dtype, None), ("nf4", "bnb"), ("int8", "bnb"), ("gptq", "gptq")]
-
-
-def plan_rows(checkpoint: Path, dtype: str, opts: AcceptanceOptions) -> dict[str, float]:
-    """What ``firm-lite plan`` predicts (GiB) per benched variant, for the largest batch."""
-    from firm_lite.plan import GIB, plan
-
-    rows = plan(str(checkpoint), opts.cap_gib, (opts.image_size, opts.image_size), dtype, max(opts.batch_sizes))
-    names = {"gptq-w4-g128": "gptq"}
-    return {names.get(r.variant, r.variant): round(r.total / GIB, 2) for r in rows}
-
-
-def run_bench_8b(opts: AcceptanceOptions, dtype: str, checkpoint: Path) -> dict[str, Any]:
-    from firm_lite.bench.runner import bench
-    from firm_lite.bench.synthetic import make_random_gptq_checkpoint, make_synthetic_manifest
-    from firm_lite.settings import CriticSettings
-
-    skipped, names = {}, []
-    for variant, extra in bench_variants(dtype):
-        if not extra_installed(extra):
-            skipped[variant] = f"the {extra} extra is not installed"
-        elif variant == "gptq":
-            names.append(str(make_random_gptq_checkpoint(checkpoint, opts.scratch / "random-gptq-w4")))
-        else:
-            names.append(variant)
-    manifest = make_synthetic_manifest(opts.scratch / "pairs", opts.bench_pairs, opts.image_size)
-    pixels = opts.image_size ** 2
-    settings = CriticSettings(model=str(checkpoint), device=opts.device, dtype=dtype, min_pixels=pixels,
-                              max_pixels=pixels, max_new_tokens=opts.max_new_tokens, memory_cap_gib=opts.cap_gib)
-    result = bench(settings, variants=names, manifest=manifest, batch_sizes=list(opts.batch_sizes), out=opts.out,
-                   name="gpu-8b-random", timeout_s=opts.timeout_s, progress=True)
-    planned = plan_rows(checkpoint, dtype, opts)
-    memory = []
-    for v in result["variants"]:
-        key = "gptq" if Path(v["variant"]).name == "random-gptq-w4" else v["variant"]
-        peak = v.get("peak_memory") or {}
-        gib = lambda b: None if b is None else round(b / 2**30, 2)  # noqa: E731
-        memory.append({"variant": key, "planned_gib": planned.get(key), "peak_gib": gib(peak.get("peak_bytes")),
-                       "torch_reserved_gib": gib(peak.get("torch_reserved_peak")),
-                       "device_rise_gib": gib(peak.get("device_used_rise")), "method": peak.get("method"),
-                       "error": v.get("error"), "backend": (v.get("provenance") or {}).get("backend")})
-    if extra_installed("vllm") and _vllm_backend_importable():
-        memory += run_vllm_bench(opts, checkpoint, manifest, dtype)
-    else:
-        skipped["vllm"] = "vLLM or firm_lite.vllm_backend is not importable"
-    return {"results": str(Path(opts.out) / "gpu-8b-random.json"), "memory": memory, "skipped": skipped,
-            "int8_note": "random weights have no activation outliers: LLM.int8's outlier path is idle, so int8 "
-                         "timings here are a lower bound for real weights"}
-
-
-def run_vllm_bench(opts: AcceptanceOptions, checkpoint: Path, manifest: Path, dtype: str) -> list[dict[str, Any]]:
-    """vLLM rows, each in its own process (vLLM's engine processes come and go with it)."""
-    rows = []
-    for label, folder in ((f"vllm-{dtype}", checkpoint), ("vllm-gptq", opts.scratch / "random-gptq-w4")):
-        spec = {"folder": str(folder), "manifest": str(manifest), "device": opts.device, "dtype": dtype,
-                "max_new_tokens": opts.max_new_tokens, "pixels": opts.image_size ** 2, "cap_gib": opts.cap_gib}
-        out = opts.scratch / f"{label}.json"
-        out.unlink(missing_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "firm_lite.bench.acceptance", "vllm", json.dumps(spec),
-                               str(out)], timeout=opts.timeout_s, capture_output=True, text=True)
-        if proc.returncode or not out.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            rows.append({"variant": label, "error": f"exited {proc.returncode}: {tail[0][:300]}"})
-        else:
-            rows.append({"variant": label, **json.loads(out.read_text("utf-8"))})
-    return rows
-
-
-def vllm_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """One vLLM row: engine start, one timed pass over the pairs, device-level peak memory."""
-    import torch
-    from transformers import AutoProcessor
-
-    from firm_lite.device import PeakMemory
-    from firm_lite.generation import DecodingConfig
-    from firm_lite.images import ImageBudget, load_image
-    from firm_lite.manifest import read_manifest
-    from firm_lite.prompts import render_text
-    from firm_lite.vllm_backend import VllmEngine, VllmOptions
-
-    device = torch.device(spec["device"])
-    folder = Path(spec["folder"])
-    processor = AutoProcessor.from_pretrained(folder)
-    budget = ImageBudget.from_processor(processor, spec["pixels"], spec["pixels"])
-    pairs = [r.pair for r in read_manifest(spec["manifest"]) if r.pair is not None]
-    items = [(p, load_image(p.source, budget=budget), load_image(p.edited, budget=budget)) for p in pairs]
-    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-    share = min(0.9, spec["cap_gib"] * 2**30 / total) if total and spec.get("cap_gib") else 0.9
-    with PeakMemory(device) as peak:
-        start = time.perf_counter()
-        engine = VllmEngine(folder, processor, lambda m, i, r: render_text(processor, m, i, r), budget,
-                            DecodingConfig(max_new_tokens=spec["max_new_tokens"]), dtype=spec["dtype"],
-                            options=VllmOptions(gpu_memory_utilization=share, enforce_eager=True))
-        load_s = time.perf_counter() - start
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        engine.score_modes(items, timings=timings)
-        seconds = time.perf_counter() - start
-        engine.close()
-    report = peak.report()
-    return {"load_s": round(load_s, 1), "pairs_per_s": round(len(items) / seconds, 3),
-            "decode_tokens": timings.get("decode_tokens"), "peak_gib": round((report["peak_bytes"] or 0) / 2**30, 2),
-            "method": report["method"], "gpu_memory_utilization": share,
-            "note": "vLLM reserves gpu_memory_utilization of the card for its KV cache up front"}
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -401,6 +293,8 @@ def run_acceptance(opts: AcceptanceOptions) -> dict[str, Any]:
         for row in rows:
             if row.status.startswith("planned"):
                 row.status = "not run (dry run)"
+        from firm_lite.bench.acceptance_8b import bench_variants
+
         result["bench_8b"] = {"status": "not run (dry run)", "variants": [v for v, _ in bench_variants(dtype)],
                               "batch_sizes": list(opts.batch_sizes), "cap_gib": opts.cap_gib}
     else:
@@ -441,7 +335,8 @@ def run_gpu_stages(opts: AcceptanceOptions, rows: list[Row], pairs: list[Any], r
         if proc is not None and proc.wait() != 0:
             for row in planned:
                 if row.variant == str(folder):
-                    row.status, row.error = "FAIL (export)", f"export onnx exited {proc.returncode}"
+                    row.status, row.error = "FAIL (export)", (f"export onnx exited {proc.returncode}; see "
+                                                              f"{opts.scratch}/export-onnx-*.log")
     run_onnx_rows(opts, [r for r in planned if r.needs == "onnx" and r.status.startswith("planned")], pairs,
                   reference)
     for row in planned:
@@ -452,6 +347,8 @@ def run_gpu_stages(opts: AcceptanceOptions, rows: list[Row], pairs: list[Any], r
     builder.join()
     if "error" in built:
         return {"status": "FAIL (random checkpoint)", "error": built["error"]}
+    from firm_lite.bench.acceptance_8b import run_bench_8b
+
     return {"status": "run", "checkpoint": str(built["path"]), **run_bench_8b(opts, dtype, built["path"])}
 
 
@@ -487,15 +384,3 @@ def _tiny_config() -> dict[str, Any]:
     from firm_lite.sources import tiny_critic_dir
 
     return json.loads((tiny_critic_dir() / "config.json").read_text("utf-8"))
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["vllm"]:  # the vLLM row's own process
-        Path(argv[2]).write_text(json.dumps(vllm_worker(json.loads(argv[1]))), "utf-8")
-        return 0
-    raise SystemExit("usage: python bench/gpu_check.py --help")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

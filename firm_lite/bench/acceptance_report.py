@@ -18,10 +18,11 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     bench = result.get("bench_8b") or {}
     if str(bench.get("status", "")).startswith("FAIL"):
         failures.append(f"8B bench: {bench['status']}: {bench.get('error')}")
+    on_gpu = str(result.get("options", {}).get("device", "")).startswith("cuda")  # a CPU peak is the RSS
     for m in bench.get("memory", []):
         if m.get("error"):
             failures.append(f"8B {m['variant']}: {m['error']}")
-        elif m.get("planned_gib") and m.get("peak_gib") and m["peak_gib"] > PLAN_SLACK * m["planned_gib"]:
+        elif on_gpu and m.get("planned_gib") and m.get("peak_gib") and m["peak_gib"] > PLAN_SLACK * m["planned_gib"]:
             warnings.append(f"8B {m['variant']}: peak {m['peak_gib']} GiB is over the plan's {m['planned_gib']} GiB")
     return {"passed": not failures, "dry_run": bool(result.get("options", {}).get("dry_run")),
             "failures": failures, "warnings": warnings}
