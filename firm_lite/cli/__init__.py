@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "firm_lite.cli.serve:serve_cmd",
     "export": "firm_lite.cli.export:export_cmd",
     "plan": "firm_lite.cli.plan:plan_cmd",
+    "report": "firm_lite.cli.report:report_cmd",
 }
 
 

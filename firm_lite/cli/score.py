@@ -60,9 +60,12 @@ def print_table(records: list[dict[str, Any]], detail: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Pairs per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Also write a page of the run: images, reasonings, scores (all of --out when given); "
+                   "see `firm-lite report`.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on for manifests on a TTY).")
 @score_cluster_options
-def score_cmd(as_json: bool, progress: bool | None, **kwargs: Any) -> None:
+def score_cmd(as_json: bool, progress: bool | None, html: str | None, **kwargs: Any) -> None:
     """Score edits: execution (was the instruction carried out?) and consistency (was the rest
     left alone?), 1-5 each, plus the CME reward and score probabilities.
 
@@ -85,8 +88,12 @@ def score_cmd(as_json: bool, progress: bool | None, **kwargs: Any) -> None:
     if cluster["ray"] is not None:
         from firm_lite.cli.cluster import score_on_ray_cmd
 
-        sys.exit(score_on_ray_cmd(**cluster, as_json=as_json, progress=progress, **kwargs))
+        sys.exit(score_on_ray_cmd(**cluster, as_json=as_json, progress=progress, html=html, **kwargs))
     run = score(progress=progress, **kwargs)
+    if html:
+        from firm_lite.report import score_run_page
+
+        click.echo(f"page: {score_run_page(run.records, html, **kwargs).written['html']}", err=True)
     if as_json:
         click.echo(json.dumps(run.as_json(), indent=2, ensure_ascii=False))
     else:
