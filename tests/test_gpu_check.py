@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
 REF = {"a": (4, 5), "b": (2, 3), "c": (5, 5), "d": (1, 2)}
 
 
+@pytest.mark.requires_extra("onnx")  # without it the onnx-fp32 row says "skipped", not "not run"
 def test_dry_run_stops_before_cuda_and_writes_one_report(tmp_path, monkeypatch, capsys):
     import torch
 
