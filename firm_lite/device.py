@@ -203,6 +203,15 @@ def free_memory_bytes(device: Any, cap_gib: float | None = None) -> int:
     return available if cap is None else min(available, cap)
 
 
+def total_memory_bytes(device: Any) -> int | None:
+    """The card's memory (None on CPU)."""
+    if getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.get_device_properties(device).total_memory)
+
+
 def cap_memory(device: Any, gib: float) -> None:
     """Limit this process's CUDA allocations to ``gib`` (stand in for a smaller card)."""
     if device.type != "cuda":

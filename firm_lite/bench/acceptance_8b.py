@@ -91,7 +91,7 @@ def vllm_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoProcessor
 
-    from firm_lite.device import PeakMemory
+    from firm_lite.device import PeakMemory, total_memory_bytes
     from firm_lite.generation import DecodingConfig
     from firm_lite.images import ImageBudget, load_image
     from firm_lite.manifest import read_manifest
@@ -104,7 +104,7 @@ def vllm_worker(spec: dict[str, Any]) -> dict[str, Any]:
     budget = ImageBudget.from_processor(processor, spec["pixels"], spec["pixels"])
     pairs = [r.pair for r in read_manifest(spec["manifest"]) if r.pair is not None]
     items = [(p, load_image(p.source, budget=budget), load_image(p.edited, budget=budget)) for p in pairs]
-    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    total = total_memory_bytes(device)
     share = min(0.9, spec["cap_gib"] * 2**30 / total) if total and spec.get("cap_gib") else 0.9
     with PeakMemory(device) as peak:
         start = time.perf_counter()
