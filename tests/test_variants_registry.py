@@ -72,6 +72,7 @@ def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch, tmp_path: P
 def test_auto_on_the_tiny_critic_says_what_it_picked(caplog) -> None:
     from firm_lite.critic import load_critic
 
+    caplog.set_level("INFO", logger="firm_lite")  # the choice is an INFO line (the CLI shows INFO)
     critic = load_critic(model="tiny", variant="auto", device="cpu")
     assert critic.variant == "fp32"
     assert critic.provenance["variant_choice"].startswith("variant auto -> fp32: needs ~")
