@@ -118,6 +118,8 @@ class VllmEngine:
         if self.llm is None:
             raise RuntimeError("this vLLM engine is closed")
         modes = list(modes)
+        if not items:
+            return {m: [] for m in modes}
         start = time.perf_counter()
         with self._lock:
             outputs = self.llm.generate(self.requests(items, modes, protocol), self.sampling[protocol],
