@@ -36,28 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firm_lite.bench.acceptance_options import AcceptanceOptions, extra_installed, vllm_backend_importable
+
 log = logging.getLogger(__name__)
 
 HELDOUT = Path(__file__).resolve().parents[2] / "calibration" / "editset-heldout.jsonl"
 EXPECT_IDENTICAL = ("fp32", "onnx-fp32")
 MIN_AGREEMENT = 0.5  # below this a variant is broken, not drifting
-
-
-@dataclass
-class AcceptanceOptions:
-    out: Path = Path("bench/results/gpu-check")
-    scratch: Path = Path("/tmp/firm-lite-gpu-check")
-    device: str = "cuda"
-    dry_run: bool = False
-    tiny_pairs: int = 6
-    shape: str = "8b"  # "8b": the real Qwen3-VL-8B shape; "tiny": the tiny critic's (CPU smoke run)
-    bench_pairs: int = 2
-    batch_sizes: tuple[int, ...] = (1, 2)
-    max_new_tokens: int = 32
-    image_size: int = 1024
-    cap_gib: float | None = 24.0
-    skip_8b: bool = False
-    timeout_s: int = 420
 
 
 @dataclass
@@ -137,14 +122,6 @@ def decisions(report: Any, device: str) -> dict[str, Any]:
     return out
 
 
-def extra_installed(extra: str | None) -> bool:
-    from importlib.util import find_spec
-
-    modules = {None: (), "bnb": ("bitsandbytes",), "gptq": ("gptqmodel", "optimum"),
-               "onnx": ("onnx", "onnxruntime", "onnxscript"), "vllm": ("vllm",)}[extra]
-    return all(find_spec(m) is not None for m in modules)
-
-
 def tiny_rows(scratch: Path, dtype: str, report: Any) -> list[Row]:
     rows = [Row("fp32", "fp32"), Row("bf16", "bf16"), Row("fp16", "fp16"),
             Row("int8", "int8", "bnb"), Row("nf4", "nf4", "bnb"),
@@ -163,14 +140,6 @@ def tiny_rows(scratch: Path, dtype: str, report: Any) -> list[Row]:
     if dtype == "fp16":
         rows[1].status = "planned (bf16 is emulated on this GPU; fp16 is the default here)"
     return rows
-
-
-def vllm_backend_importable() -> bool:
-    try:
-        import firm_lite.vllm_backend  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # ---- running rows ------------------------------------------------------------------------------

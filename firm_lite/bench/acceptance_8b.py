@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firm_lite.bench.acceptance import AcceptanceOptions, extra_installed, vllm_backend_importable
+from firm_lite.bench.acceptance_options import AcceptanceOptions, extra_installed, vllm_backend_importable
 
 
 def bench_variants(dtype: str) -> list[tuple[str, str | None]]:
