@@ -45,6 +45,16 @@ def split_after_images(text: str, n_images: int = 2) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword the model's forward takes its KV cache by: ``cache`` in recent transformers 5,
+    ``past_key_values`` before (5.19, which vLLM 0.32 pins), where an unknown ``cache=`` is
+    swallowed by ``**kwargs`` and the answers silently become garbage."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
 def supports_engine(model: Any) -> bool:
     """The engine drives a transformers Qwen3-VL model by hand; other backends use ``generate``."""
     inner = getattr(model, "model", None)
@@ -120,6 +130,7 @@ def score_batch(model: Any, processor: Any, prefixes: list[str], suffixes: dict[
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config.get_text_config())
+    kv = cache_kwargs(model, cache)
     timer = PhaseTimer(device, timings)
     with torch.inference_mode():
         timer.start()
@@ -129,10 +140,10 @@ def score_batch(model: Any, processor: Any, prefixes: list[str], suffixes: dict[
         model(input_ids=pre["input_ids"], attention_mask=pre["attention_mask"],
               position_ids=positions[:, rep.new_tensor(range(0, rows, n_modes)), :prefix_len],
               mm_encoder_outputs={"image": vision}, image_grid_thw=pre["image_grid_thw"],
-              mm_token_type_ids=pre["mm_token_type_ids"], cache=cache, use_cache=True, logits_to_keep=1)
+              mm_token_type_ids=pre["mm_token_type_ids"], **kv, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(n_modes)
         out = model(input_ids=suf["input_ids"], attention_mask=full_mask, position_ids=positions[:, :, prefix_len:],
-                    cache=cache, use_cache=True, logits_to_keep=1)
+                    **kv, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :]
         timer.stop("prefill")
         if protocol == "fast":
@@ -195,7 +206,7 @@ def _decode(model: Any, tok: Any, cache: Any, logits: Any, mask: Any, next_pos: 
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         with torch.inference_mode():
             out = model(input_ids=next_tok[:, None], attention_mask=mask, position_ids=next_pos,
-                        cache=cache, use_cache=True)
+                        **cache_kwargs(model, cache), use_cache=True)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
 

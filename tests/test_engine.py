@@ -131,3 +131,20 @@ def test_decode_reads_the_tokens_once_per_step_not_once_per_row(tiny_critic, tmp
     assert all(m.score is not None for scores in out.values() for m in scores)
     assert counts["int"] == 0, f"{counts['int']} per-element int() calls during decode"
     assert 0 < counts["tolist"] <= tiny_critic.decoding.max_new_tokens
+
+
+def test_the_kv_cache_goes_by_the_name_the_model_takes() -> None:
+    # transformers 5.19 (vLLM 0.32's pin) swallows an unknown cache= in **kwargs and decodes garbage
+    from firm_lite.engine import cache_kwargs
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, **kwargs):  # noqa: ANN001, ANN003
+            return None
+
+    class New:
+        def forward(self, input_ids=None, cache=None, **kwargs):  # noqa: ANN001, ANN003
+            return None
+
+    marker = object()
+    assert cache_kwargs(Old(), marker) == {"past_key_values": marker}
+    assert cache_kwargs(New(), marker) == {"cache": marker}
