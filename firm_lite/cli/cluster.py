@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -79,9 +80,14 @@ def score_on_ray_cmd(*, ray: str, workers: int | None, gpus_per_worker: float | 
     if out is None:
         raise UserError("--ray needs --out DIR: a folder the run writes its part files to (merge them with "
                         "firm-lite merge)")
-    run = score_on_ray(settings, manifest=manifest, out=out, ray=ray, workers=workers or 1,
-                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker or 1.0,
-                       batch_size=batch_size, retry_errors=retry_errors, progress=progress)
+    import contextlib
+
+    # Ray's driver prints its own notes (retried tasks, dead actors) on stdout from a background
+    # thread; while the run lasts they go to stderr so stdout stays one JSON document / the table.
+    with contextlib.redirect_stdout(sys.stderr):
+        run = score_on_ray(settings, manifest=manifest, out=out, ray=ray, workers=workers or 1,
+                           gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker or 1.0,
+                           batch_size=batch_size, retry_errors=retry_errors, progress=progress)
     if as_json:
         click.echo(json.dumps(run.as_json(), indent=2, ensure_ascii=False))
     else:
