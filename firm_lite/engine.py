@@ -25,8 +25,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from firm_lite.generation import DecodingConfig, digit_distribution, digit_token_ids, readout
-from firm_lite.parsing import answer_closed, parse_answer
+from firm_lite.generation import (
+    DecodingConfig,
+    closes_answer,
+    digit_distribution,
+    digit_token_ids,
+    readout,
+    stop_token_ids,
+)
+from firm_lite.parsing import parse_answer
 from firm_lite.records import ModeScore
 
 VISION_END = "<|vision_end|>"
@@ -147,7 +154,7 @@ def score_batch(model: Any, processor: Any, prefixes: list[str], suffixes: dict[
         logits = out.logits[:, -1, :]
         timer.stop("prefill")
         if protocol == "fast":
-            return _fast_results(logits[:, digit_index], modes, batch)
+            return fast_results(logits[:, digit_index], modes, batch)
         timer.start()
         results = _decode(model, tok, cache, logits, full_mask, positions[:, :, -1:] + 1,
                           digit_index, digit_ids, decoding, modes, timings)
@@ -155,7 +162,7 @@ def score_batch(model: Any, processor: Any, prefixes: list[str], suffixes: dict[
         return results
 
 
-def _fast_results(digit_logits: Any, modes: list[str], batch: int) -> dict[str, list[ModeScore]]:
+def fast_results(digit_logits: Any, modes: list[str], batch: int) -> dict[str, list[ModeScore]]:
     results: dict[str, list[ModeScore]] = {m: [] for m in modes}
     for r in range(digit_logits.shape[0]):
         probs, expected = digit_distribution(digit_logits[r])
@@ -174,11 +181,7 @@ def _decode(model: Any, tok: Any, cache: Any, logits: Any, mask: Any, next_pos: 
 
     n = logits.shape[0]
     state = _Rows(n)
-    stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>"))
-                if i is not None}
-    gen_cfg = getattr(model, "generation_config", None)
-    eos = getattr(gen_cfg, "eos_token_id", None)
-    stop_ids.update(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
+    stop_ids = set(stop_token_ids(tok, getattr(model, "generation_config", None)))
     active = list(range(n))  # row index of each row still in the batch
     for _step in range(decoding.max_new_tokens):
         next_tok = logits.argmax(dim=-1)
@@ -191,8 +194,7 @@ def _decode(model: Any, tok: Any, cache: Any, logits: Any, mask: Any, next_pos: 
                 continue
             state.tokens[r].append(t)
             state.digit_logits[r].append(digits[k])
-            if decoding.stop_on_close and "}" in tok.decode([t]) and answer_closed(
-                    tok.decode(state.tokens[r], skip_special_tokens=True)):
+            if decoding.stop_on_close and closes_answer(tok, state.tokens[r]):
                 state.done[r] = True
                 continue
             keep.append(k)

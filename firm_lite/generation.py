@@ -43,6 +43,34 @@ def digit_token_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """The ids that end an answer (not part of it): EOS, padding, ``<|im_end|>`` and the
+    generation config's EOS list. Every engine stops on these."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
+
+
+def closes_answer(tokenizer: Any, ids: list[int]) -> bool:
+    """firm-lite's stop rule, checked after each generated token: the last token holds a ``}``
+    and the answer's JSON object is now closed (:func:`~firm_lite.parsing.answer_closed`)."""
+    return "}" in tokenizer.decode(ids[-1:]) and answer_closed(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def answer_length(tokenizer: Any, ids: list[int], stop_ids: set[int]) -> tuple[int, int]:
+    """The stop rule applied after the fact to tokens an engine generated past it (vLLM, a
+    remote server): how many of ``ids`` are the answer, and how many decoding steps firm-lite's
+    engine would have run for them (one more when a stop token ended the answer: that step was
+    computed to produce it). Greedy decoding makes the kept tokens the same either way."""
+    for k, t in enumerate(ids):
+        if t in stop_ids:
+            return k, k + 1
+        if closes_answer(tokenizer, ids[:k + 1]):
+            return k + 1, k + 1
+    return len(ids), len(ids)
+
+
 def _make_stopper(tokenizer: Any, prompt_len: int) -> Any:
     import torch
     from transformers import StoppingCriteria

@@ -18,30 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from firm_lite.generation import readout
-from firm_lite.parsing import answer_closed, parse_answer
+from firm_lite.generation import answer_length, readout, stop_token_ids
+from firm_lite.parsing import parse_answer
 from firm_lite.records import ModeScore
 
-
-def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
-    """The ids that end an answer (not part of it): EOS, padding, ``<|im_end|>`` and the
-    generation config's EOS list, as the transformers engine stops on."""
-    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    eos = getattr(generation_config, "eos_token_id", None)
-    ids.update(eos if isinstance(eos, list) else [eos])
-    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
-
-
-def answer_length(tokenizer: Any, ids: Sequence[int], stop_ids: set[int]) -> tuple[int, int]:
-    """How many of the generated ``ids`` are the answer under firm-lite's stop rule, and how many
-    decoding steps the transformers engine would have run for them (one more when a stop token
-    ended the answer: that step was computed to produce it)."""
-    for k, t in enumerate(ids):
-        if t in stop_ids:
-            return k, k + 1
-        if "}" in tokenizer.decode([t]) and answer_closed(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)):
-            return k + 1, k + 1
-    return len(ids), len(ids)
+__all__ = ["answer_length", "mode_score", "step_digit_logprobs", "stop_token_ids"]
 
 
 def step_digit_logprobs(step_logprobs: Sequence[dict[int, Any]], digit_ids: list[int]) -> list[Any]:

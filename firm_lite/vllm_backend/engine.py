@@ -25,16 +25,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from firm_lite.engine import FAST_ANSWER_PREFIX, PROTOCOLS, _fast_results
+from firm_lite.engine import FAST_ANSWER_PREFIX, PROTOCOLS, fast_results
 from firm_lite.errors import UserError
 from firm_lite.generation import DecodingConfig, digit_token_ids
 from firm_lite.images import ImageBudget
 from firm_lite.prompts import MODES
 from firm_lite.records import EditPair, ModeScore
+from firm_lite.settings import VllmOptions
 from firm_lite.vllm_backend.answers import mode_score, step_digit_logprobs, stop_token_ids
 from firm_lite.vllm_backend.plugin import ARCHITECTURE, AUDIT_FILE_ENV, ENTRY_POINT, ENTRY_POINT_GROUP, installed
 from firm_lite.vllm_backend.weights import unused_weights_error
@@ -44,25 +44,6 @@ PROMPT_TEXT_TOKENS = 4096  # room for the template + an instruction of up to 400
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 CPU_KV_CACHE_GIB = 2.0  # vLLM's CPU default is 4 GiB; a 1024x1024 pair of the 8B takes ~0.36 GiB in bf16
 INT4_WEIGHT_ONLY = ("gptq", "gptq_marlin", "awq", "awq_marlin")
-
-
-@dataclass(frozen=True)
-class VllmOptions:
-    """How vLLM runs, not what a score means (so not part of a score's identity; recorded in
-    provenance). ``kv_cache_gib``: KV cache size (None: :data:`CPU_KV_CACHE_GIB` on a CPU, and
-    on a GPU what ``gpu_memory_utilization`` leaves after the weights); ``cpu_threads_bind``: the
-    CPU worker's OpenMP cores (vLLM's ``VLLM_CPU_OMP_THREADS_BIND``, e.g. ``"0-1"``; None:
-    vLLM's default, which keeps a core for its other processes)."""
-
-    kv_cache_gib: float | None = None
-    gpu_memory_utilization: float = 0.9
-    max_num_batched_tokens: int = 16384
-    max_num_seqs: int = 128
-    cpu_threads_bind: str | None = None
-    enforce_eager: bool = False
-
-    def as_record(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class VllmEngine:
@@ -129,7 +110,7 @@ class VllmEngine:
             import torch
 
             first = step_digit_logprobs([out.outputs[0].logprobs[0] for out in outputs], self.digit_ids)
-            return _fast_results(torch.stack(first), modes, len(items))
+            return fast_results(torch.stack(first), modes, len(items))
         results: dict[str, list[ModeScore]] = {m: [] for m in modes}
         tokens = wasted = 0
         tokenizer = self.processor.tokenizer
@@ -241,6 +222,7 @@ def _engine_args(folder: Path, budget: ImageBudget, decoding: DecodingConfig, vl
         max_num_batched_tokens=options.max_num_batched_tokens,
         max_num_seqs=options.max_num_seqs,
         enforce_eager=options.enforce_eager,
+        tensor_parallel_size=options.tensor_parallel_size,
     )
     kv_gib = options.kv_cache_gib if options.kv_cache_gib is not None else (CPU_KV_CACHE_GIB if on_cpu else None)
     if kv_gib is not None:
