@@ -20,7 +20,8 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "firm_lite.artifact", "firm_lite.recipes", "firm_lite.plan", "firm_lite.scoring",
         "firm_lite.configs", "firm_lite.data", "firm_lite.quiet", "firm_lite.variants.registry",
         "firm_lite.teacher_forcing", "firm_lite.shards", "firm_lite.merge"),
-    1: ("firm_lite.variants", "firm_lite.onnx", "firm_lite.vllm_backend"),  # backends: load what builders made
+    # backends: load what builders made, or score elsewhere (remote)
+    1: ("firm_lite.variants", "firm_lite.onnx", "firm_lite.vllm_backend", "firm_lite.remote"),
     2: ("firm_lite.export",),  # builders
     3: ("firm_lite.calibration", "firm_lite.bench", "firm_lite.report"),  # harnesses
     4: ("firm_lite.server",),
