@@ -6,6 +6,12 @@ and pins the image budget and decoding settings. :meth:`Critic.score` decodes ea
 pair's images once, renders both modes through :mod:`firm_lite.prompts`, generates in batches,
 and returns one record per pair; a pair whose images cannot be used becomes an error record and
 the others go on.
+
+The generation itself runs on one of three backends (``CriticSettings.backend``): ``hf``, the
+transformers model in this process (firm-lite's shared-prefix engine); ``vllm``, an in-process
+vLLM engine (:mod:`firm_lite.vllm_backend`); ``remote``, OpenAI-compatible servers
+(:mod:`firm_lite.remote`). Everything around generation (texts checked, images decoded at the
+budget, prompts rendered, answers parsed, records built) is this module's, whatever the backend.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from importlib import import_module
 from typing import Any
 
 from firm_lite.artifact import calibration_warning
@@ -49,11 +56,20 @@ class Critic:
     engine: str = "auto"  # "auto": shared-prefix engine when the backend allows; "generate": plain HF generate
     protocol: str = "full"  # "full": the reference protocol; "fast": score read without reasoning
     settings: CriticSettings = field(default_factory=CriticSettings)  # what it was loaded with
+    backend: Any = None  # a vLLM or remote engine that generates instead of ``model`` (None: transformers)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def context(self) -> dict[str, Any]:
-        return {"model": self.model_id, "variant": self.variant, "image_budget": self.budget.as_record()}
+        context = {"model": self.model_id, "variant": self.variant, "image_budget": self.budget.as_record()}
+        if getattr(self.backend, "probs_exact", True) is False:  # a remote server without logprob_token_ids
+            context["probs"] = "partial"
+        return context
+
+    @property
+    def supports_teacher_forcing(self) -> bool:
+        """Calibration's teacher forcing calls the transformers model directly."""
+        return self.model is not None
 
     def render(self, mode: str, instruction: str, requirement: str = "") -> str:
         """The exact text (with image placeholders) sent for one mode."""
@@ -77,13 +93,15 @@ class Critic:
     def uses_engine(self) -> bool:
         from firm_lite.engine import supports_engine
 
-        return self.engine != "generate" and supports_engine(self.model)
+        return self.model is not None and self.engine != "generate" and supports_engine(self.model)
 
     def score_modes(self, items: list[tuple[EditPair, Any, Any]], modes: Iterable[str] = MODES,
                     timings: dict[str, float] | None = None) -> dict[str, list[ModeScore]]:
         """Score prepared (pair, source_img, edited_img) items in every mode, batched.
         ``timings`` (engine only) collects seconds per phase, for the benchmark."""
         modes = list(modes)
+        if self.backend is not None:
+            return self.backend.score_modes(items, modes, timings, protocol=self.protocol)
         if self.uses_engine:
             from firm_lite.engine import score_batch, split_after_images
 
@@ -168,6 +186,9 @@ class Critic:
             yield records[i]
 
 
+# Backends other than transformers sit a layer up and are imported by name only (as variants are).
+BACKEND_LOADERS = {"vllm": "firm_lite.vllm_backend.loader", "remote": "firm_lite.remote.loader"}
+
 _CACHE: dict[CriticSettings, Critic] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -193,6 +214,12 @@ def load_critic(settings: CriticSettings | str | None = None, /, **changes: Any)
 
 
 def _load(settings: CriticSettings) -> Critic:
+    if settings.backend in BACKEND_LOADERS:  # they build a Critic whose ``backend`` generates
+        return import_module(BACKEND_LOADERS[settings.backend]).load(settings)
+    return _load_hf(settings)
+
+
+def _load_hf(settings: CriticSettings) -> Critic:
     from firm_lite.device import cap_memory, dtype_name, resolve_device, resolve_dtype
     from firm_lite.sources import resolve_model
     from firm_lite.variants.registry import LoadRequest, backend_record, resolve_variant
@@ -261,5 +288,8 @@ def release_critic(critic: Critic) -> None:
     """Forget a loaded critic so its memory can be freed once the caller drops it too
     (calibration loads the reference and each variant one after another)."""
     with _CACHE_LOCK:
-        for key in [k for k, c in _CACHE.items() if c.model is critic.model]:
+        for key in [k for k, c in _CACHE.items()
+                    if (c.model is critic.model if critic.backend is None else c.backend is critic.backend)]:
             del _CACHE[key]
+    if critic.backend is not None:  # vLLM's engine processes hold the weights: stop them now
+        critic.backend.close()

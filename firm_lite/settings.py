@@ -52,7 +52,8 @@ class VllmOptions:
     OpenMP cores (vLLM's ``VLLM_CPU_OMP_THREADS_BIND``, e.g. ``"0-1"``; None: vLLM's default);
     ``tensor_parallel_size``: GPUs one engine spans (a model that does not fit one card);
     ``data_parallel_size``: independent engines, one per GPU (or per CPU core group), each
-    scoring its share of every batch."""
+    scoring its share of every batch; ``quantization``: vLLM's in-flight quantization (the variant
+    sets it: ``nf4`` -> ``bitsandbytes``)."""
 
     kv_cache_gib: float | None = None
     gpu_memory_utilization: float = 0.9
@@ -62,6 +63,7 @@ class VllmOptions:
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    quantization: str | None = None  # vLLM's in-flight quantization; set by the variant (nf4 -> bitsandbytes)
 
     def __post_init__(self) -> None:
         checks = [
@@ -152,6 +154,10 @@ class CriticSettings:
     remote: RemoteOptions = field(default_factory=RemoteOptions)
 
     def __post_init__(self) -> None:
+        # dicts (asdict() of settings sent to Ray workers) become their option classes again
+        for name, cls in (("vllm", VllmOptions), ("remote", RemoteOptions)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, cls(**getattr(self, name)))
         checks = [
             (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
             (self.engine in ENGINES, f"engine {self.engine!r}: expected one of {', '.join(ENGINES)}"),

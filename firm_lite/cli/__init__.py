@@ -125,6 +125,7 @@ def critic_options(*, variant: bool = True, protocol: bool = True, model: str | 
                                        "protocol that forces an empty reasoning and reads the score from one "
                                        "prefill; check it with calibrate.")),
     ]
+    options += backend_options()
     chosen = [(name, opt) for name, opt in options
               if (variant or name != "variant") and (protocol or name != "protocol")]
     names = [name for name, _ in chosen]
@@ -132,12 +133,82 @@ def critic_options(*, variant: bool = True, protocol: bool = True, model: str | 
     def decorate(func: Any) -> Any:
         @wraps(func)
         def command(**kwargs: Any) -> Any:
-            from firm_lite.settings import CriticSettings
-
-            return func(settings=CriticSettings(**{n: kwargs.pop(n) for n in names}), **kwargs)
+            return func(settings=settings_from_options({n: kwargs.pop(n) for n in names}), **kwargs)
 
         for _, option in reversed(chosen):
             command = option(command)
         return command
 
     return decorate
+
+
+VLLM_OPTION_NAMES = {"vllm_tensor_parallel_size": "tensor_parallel_size",
+                     "vllm_data_parallel_size": "data_parallel_size", "vllm_kv_cache_gib": "kv_cache_gib",
+                     "vllm_gpu_memory_utilization": "gpu_memory_utilization",
+                     "vllm_cpu_threads_bind": "cpu_threads_bind"}
+REMOTE_OPTION_NAMES = {"remote_endpoints": "endpoints", "remote_api_key": "api_key",
+                       "remote_timeout_s": "timeout_s", "remote_concurrency": "concurrency"}
+
+
+def backend_options() -> list[tuple[str, Any]]:
+    """--backend and what each backend takes (vLLM engine settings, remote endpoints)."""
+    return [
+        ("backend", click.option("--backend", type=click.Choice(["hf", "vllm"]), default=None,
+                                 help="Who generates: hf (transformers in this process; the default) or vllm "
+                                      "(an in-process vLLM engine: pip install \"firm-lite[vllm]\" on a GPU, "
+                                      "scripts/vllm_cpu_env.sh on a CPU). A variant may also be named "
+                                      "vllm:NAME. Same prompts, parsing and records either way.")),
+        ("vllm_tensor_parallel_size", click.option(
+            "--tensor-parallel-size", "vllm_tensor_parallel_size", type=click.IntRange(min=1), default=1,
+            show_default=True, help="vLLM: GPUs one engine spans, for a model that does not fit one card "
+                                    "(see `firm-lite plan --backend vllm`).")),
+        ("vllm_data_parallel_size", click.option(
+            "--data-parallel-size", "vllm_data_parallel_size", type=click.IntRange(min=1), default=1,
+            show_default=True, help="vLLM: independent engines, one per GPU (or per share of the CPU cores), "
+                                    "each scoring part of every batch.")),
+        ("vllm_kv_cache_gib", click.option(
+            "--kv-cache-gib", "vllm_kv_cache_gib", type=click.FloatRange(min=0, min_open=True), default=None,
+            help="vLLM: KV cache size (default: 2 GiB on a CPU; on a GPU what --gpu-memory-utilization leaves).")),
+        ("vllm_gpu_memory_utilization", click.option(
+            "--gpu-memory-utilization", "vllm_gpu_memory_utilization", type=click.FloatRange(0, 1, min_open=True),
+            default=0.9, show_default=True, help="vLLM: share of each GPU's memory the engine may use.")),
+        ("vllm_cpu_threads_bind", click.option(
+            "--vllm-cpu-threads-bind", "vllm_cpu_threads_bind", default=None,
+            help="vLLM on a CPU: cores of the engine's worker, e.g. 0-7 (vLLM's VLLM_CPU_OMP_THREADS_BIND; "
+                 "one group per data-parallel engine separated by '|').")),
+        ("remote_endpoints", click.option(
+            "--endpoint", "remote_endpoints", multiple=True, metavar="URL",
+            help="Score on a running OpenAI-compatible server of the critic (e.g. `vllm serve`), "
+                 "http://host:8000; repeat to spread the load over several. --model names the checkpoint "
+                 "whose tokenizer and processor firm-lite uses (no weights are loaded here).")),
+        ("remote_api_key", click.option(
+            "--api-key", "remote_api_key", envvar="FIRM_LITE_API_KEY", default=None,
+            help="Bearer key for --endpoint (or the FIRM_LITE_API_KEY environment variable); never recorded.")),
+        ("remote_timeout_s", click.option(
+            "--endpoint-timeout", "remote_timeout_s", type=click.FloatRange(min=0, min_open=True), default=300.0,
+            show_default=True, help="Seconds per request to --endpoint before it is retried.")),
+        ("remote_concurrency", click.option(
+            "--endpoint-concurrency", "remote_concurrency", type=click.IntRange(min=1), default=8,
+            show_default=True, help="Requests in flight per --endpoint.")),
+    ]
+
+
+def settings_from_options(values: dict[str, Any]) -> Any:
+    """The parsed critic options -> one :class:`~firm_lite.settings.CriticSettings`."""
+    from firm_lite.errors import UserError
+    from firm_lite.settings import CriticSettings, RemoteOptions, VllmOptions
+
+    vllm = VllmOptions(**{VLLM_OPTION_NAMES[k]: values.pop(k) for k in list(values) if k in VLLM_OPTION_NAMES})
+    remote = RemoteOptions(**{REMOTE_OPTION_NAMES[k]: values.pop(k) for k in list(values)
+                              if k in REMOTE_OPTION_NAMES})
+    backend = values.pop("backend", None)
+    if remote.endpoints:
+        if backend is not None:
+            raise UserError(f"--endpoint scores on a running server: drop --backend {backend}")
+        backend = "remote"
+    # (calibrate and bench name backends per variant, vllm:NAME: their vLLM options apply to those)
+    if vllm != VllmOptions() and "variant" in values and backend != "vllm" \
+            and not values["variant"].startswith("vllm:"):
+        raise UserError("--tensor-parallel-size, --data-parallel-size, --kv-cache-gib, --gpu-memory-utilization "
+                        "and --vllm-cpu-threads-bind need --backend vllm")
+    return CriticSettings(**values, backend=backend or "hf", vllm=vllm, remote=remote)

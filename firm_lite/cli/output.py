@@ -11,6 +11,7 @@ dropped here and only here.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 # (logger, text in the message) pairs the CLI drops: notes to library authors, not to users.
@@ -48,6 +49,9 @@ def setup_output(verbosity: int = 0) -> None:
     handler._firm_lite_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)
+    # vLLM (--backend vllm) logs every engine step of its start at INFO from each of its processes;
+    # they read this when they start. A user's own setting wins.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbosity > 0 else "ERROR")
     for name, text in _THIRD_PARTY_NOISE:
         noisy = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) and f.text == text for f in noisy.filters):

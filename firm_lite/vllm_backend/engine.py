@@ -50,7 +50,8 @@ class VllmEngine:
     """A loaded vLLM engine that scores prepared ``(EditPair, source, edited)`` items."""
 
     def __init__(self, folder: str | Path, processor: Any, render: Render, budget: ImageBudget,
-                 decoding: DecodingConfig, dtype: str = "auto", options: VllmOptions | None = None) -> None:
+                 decoding: DecodingConfig, dtype: str = "auto", options: VllmOptions | None = None,
+                 placement: dict[str, str] | None = None) -> None:
         if not decoding.greedy or not decoding.stop_on_close:
             raise ValueError("the vLLM backend runs the reference protocol: greedy, stop when the answer closes")
         self.folder = Path(folder)
@@ -60,8 +61,9 @@ class VllmEngine:
         self.digit_ids = digit_token_ids(tokenizer)
         generation_config = _generation_config(self.folder)
         self.stop_ids = stop_token_ids(tokenizer, generation_config)
+        self.placement = dict(placement or {})  # the devices this engine was started on (data parallel)
         self.llm, self.platform, self.dtype, self.weight_audit = _start_llm(self.folder, budget, decoding, dtype,
-                                                                            self.options)
+                                                                            self.options, self.placement)
         from vllm import SamplingParams
 
         # greedy; every step returns the five digit log-probabilities (raw, before any processor)
@@ -76,7 +78,8 @@ class VllmEngine:
         import vllm
 
         return {"backend": "vllm", "vllm_version": vllm.__version__, "platform": self.platform,
-                "dtype": self.dtype, "options": self.options.as_record(), "weight_audit": self.weight_audit}
+                "dtype": self.dtype, "options": self.options.as_record(), "weight_audit": self.weight_audit,
+                "placement": self.placement or None}
 
     def requests(self, items: list[tuple[EditPair, Any, Any]], modes: list[str],
                  protocol: str = "full") -> list[dict[str, Any]]:
@@ -150,7 +153,7 @@ def _max_model_len(folder: Path, budget: ImageBudget, decoding: DecodingConfig) 
     return min(wanted, int(text.get("max_position_embeddings", wanted)))
 
 
-def check_supported(folder: Path, on_cpu: bool) -> None:
+def check_supported(folder: Path, on_cpu: bool, quantization: str | None = None) -> None:
     """Refuse, with one line saying what to use instead, what vLLM cannot run here."""
     config = json.loads((folder / "config.json").read_text("utf-8"))
     if ARCHITECTURE not in config.get("architectures", []) and "Qwen3VLForConditionalGeneration" not in config.get(
@@ -158,6 +161,9 @@ def check_supported(folder: Path, on_cpu: bool) -> None:
         raise UserError(f"{folder}: the vLLM backend runs Qwen3-VL critics (config architectures: "
                         f"{config.get('architectures')})")
     method = str((config.get("quantization_config") or {}).get("quant_method", "")).lower()
+    if on_cpu and quantization == "bitsandbytes":
+        raise UserError("bitsandbytes on vLLM needs a CUDA GPU: score nf4 with --backend hf on this machine "
+                        "(or fp32 on vLLM)")
     if on_cpu and method in INT4_WEIGHT_ONLY:
         import torch
 
@@ -168,7 +174,7 @@ def check_supported(folder: Path, on_cpu: bool) -> None:
 
 
 def _start_llm(folder: Path, budget: ImageBudget, decoding: DecodingConfig, dtype: str,
-               options: VllmOptions) -> tuple[Any, str, str, dict[str, Any]]:
+               options: VllmOptions, placement: dict[str, str] | None = None) -> tuple[Any, str, str, dict[str, Any]]:
     try:
         import vllm
         from vllm.platforms import current_platform
@@ -180,7 +186,7 @@ def _start_llm(folder: Path, budget: ImageBudget, decoding: DecodingConfig, dtyp
                         f"{ENTRY_POINT}): reinstall firm-lite in this environment (pip install -e . or "
                         f'pip install "firm-lite[vllm]")')
     on_cpu = current_platform.is_cpu()
-    check_supported(folder, on_cpu)
+    check_supported(folder, on_cpu, options.quantization)
     vllm_dtype = _vllm_dtype(dtype, on_cpu)
     args = _engine_args(folder, budget, decoding, vllm_dtype, options, on_cpu)
     with tempfile.TemporaryDirectory(prefix="firm-lite-vllm-") as tmp:
@@ -194,7 +200,7 @@ def _start_llm(folder: Path, budget: ImageBudget, decoding: DecodingConfig, dtyp
             if options.cpu_threads_bind:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = options.cpu_threads_bind
         try:
-            with _scoped_env(env):
+            with _scoped_env(env, placement or {}):
                 llm = vllm.LLM(**args)
         except Exception:
             audit = _read_audit(audit_file)
@@ -224,6 +230,8 @@ def _engine_args(folder: Path, budget: ImageBudget, decoding: DecodingConfig, vl
         enforce_eager=options.enforce_eager,
         tensor_parallel_size=options.tensor_parallel_size,
     )
+    if options.quantization:
+        args["quantization"] = options.quantization
     kv_gib = options.kv_cache_gib if options.kv_cache_gib is not None else (CPU_KV_CACHE_GIB if on_cpu else None)
     if kv_gib is not None:
         args["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
@@ -245,12 +253,15 @@ def _vllm_dtype(dtype: str, on_cpu: bool) -> str:
 
 
 @contextmanager
-def _scoped_env(values: dict[str, str]) -> Iterator[None]:
+def _scoped_env(values: dict[str, str], forced: dict[str, str] | None = None) -> Iterator[None]:
     """Set settings that vLLM reads only from the environment while its processes start (they
-    inherit it); a value the user already set wins; everything is put back after."""
-    old = {k: os.environ.get(k) for k in values}
+    inherit it); a value the user already set wins over ``values``, ``forced`` (a data-parallel
+    rank's devices) wins over the user's; everything is put back after."""
+    forced = forced or {}
+    old = {k: os.environ.get(k) for k in {**values, **forced}}
     for key, value in values.items():
         os.environ.setdefault(key, value)
+    os.environ.update(forced)
     try:
         yield
     finally:
