@@ -68,8 +68,8 @@ class Critic:
 
     @property
     def supports_teacher_forcing(self) -> bool:
-        """Calibration's teacher forcing calls the transformers model directly."""
-        return self.model is not None
+        """Calibration's teacher forcing: the transformers model, or a backend that has it (vLLM)."""
+        return self.model is not None or hasattr(self.backend, "forced_readout")
 
     def render(self, mode: str, instruction: str, requirement: str = "") -> str:
         """The exact text (with image placeholders) sent for one mode."""

@@ -287,7 +287,10 @@ class PeakMemory:
 
     On CUDA a thread samples device-level used memory every ``interval_s`` while torch's own
     peak counters are reset at entry; :meth:`report` combines them (:func:`summarize_peak`).
-    On CPU it is the process's peak RSS. ``reader`` replaces the device reading (tests)."""
+    On CPU it is the process's peak RSS, or, when the process has children (vLLM's engine
+    processes hold the weights and KV cache), the sampled peak of the RSS summed over the
+    process and its descendants, whichever is larger. ``reader`` replaces the device reading
+    (tests)."""
 
     device: Any
     interval_s: float = 0.05
@@ -306,6 +309,10 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if self.reader is None and self.on_cuda:
             self.reader, self.method = device_used_reader(self.device)
+        if self.reader is None and not self.on_cuda:
+            self._tree_samples: list[int] = []
+            self._tree_thread = threading.Thread(target=self._sample_tree, name="firm-lite-peak-rss", daemon=True)
+            self._tree_thread.start()
         if self.reader is not None:
             self._baseline = self.reader()
             self._thread = threading.Thread(target=self._sample, name="firm-lite-peak-memory", daemon=True)
@@ -315,6 +322,11 @@ class PeakMemory:
 
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
+
+    def _sample_tree(self) -> None:
+        while not self._stop.is_set():
+            self._tree_samples.append(process_tree_rss())
+            self._stop.wait(self.interval_s * 4)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -335,8 +347,14 @@ class PeakMemory:
         elif self.reader is None:  # CPU: the process's peak resident set
             import resource
 
+            self._tree_thread.join()
             rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-            self._result = {"peak_bytes": rss, "method": "peak RSS (ru_maxrss)", "samples": 0}
+            tree = max(self._tree_samples, default=0)
+            if tree > rss:
+                self._result = {"peak_bytes": tree, "method": "peak RSS of the process and its children (sampled)",
+                                "samples": len(self._tree_samples), "own_peak_rss": rss}
+            else:
+                self._result = {"peak_bytes": rss, "method": "peak RSS (ru_maxrss)", "samples": 0}
             return
         self._result = summarize_peak(self._samples, self._baseline, reserved, allocated, self.method)
 
@@ -344,6 +362,20 @@ class PeakMemory:
         if self._result is None:
             raise RuntimeError("PeakMemory.report() before the measured block ended")
         return self._result
+
+
+def process_tree_rss() -> int:
+    """Resident bytes of this process and all its descendants, now."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
 
 
 def peak_memory_bytes(device: Any) -> int:

@@ -41,6 +41,20 @@ class ForcedReadout:
                 "token_index": self.token_index}
 
 
+def forced_target(tokenizer: Any, answer: str) -> tuple[list[int], int, int] | None:
+    """``(answer token ids, index of the score digit among them, score)``, or ``None`` when the
+    answer has no parseable score or its digit is not a token of its own after re-tokenisation
+    (the read-out would not be at a digit). Every backend's teacher forcing starts here."""
+    parsed = parse_answer(answer)
+    if parsed.score is None or parsed.score_offset is None:
+        return None
+    answer_ids = tokenizer.encode(answer, add_special_tokens=False)
+    index = _token_index_at(tokenizer, answer_ids, parsed.score_offset)
+    if index is None or answer_ids[index] != digit_token_ids(tokenizer)[parsed.score - 1]:
+        return None
+    return answer_ids, index, parsed.score
+
+
 def forced_readout(model: Any, processor: Any, text: str, images: list[Any], answer: str,
                    budget: Any) -> ForcedReadout | None:
     """Teacher-force ``answer`` after the rendered prompt ``text`` (with its ``images``).
@@ -50,15 +64,10 @@ def forced_readout(model: Any, processor: Any, text: str, images: list[Any], ans
     """
     import torch
 
-    parsed = parse_answer(answer)
-    if parsed.score is None or parsed.score_offset is None:
+    target = forced_target(processor.tokenizer, answer)
+    if target is None:
         return None
-    tokenizer = processor.tokenizer
-    answer_ids = tokenizer.encode(answer, add_special_tokens=False)
-    digit_ids = digit_token_ids(tokenizer)
-    index = _token_index_at(tokenizer, answer_ids, parsed.score_offset)
-    if index is None or answer_ids[index] != digit_ids[parsed.score - 1]:
-        return None
+    answer_ids, index, score = target
     inputs = processor(text=[text], images=images, return_tensors="pt", **budget.processor_kwargs())
     prompt_len = int(inputs["input_ids"].shape[1])
     tail = torch.tensor([answer_ids], dtype=inputs["input_ids"].dtype)
@@ -74,8 +83,8 @@ def forced_readout(model: Any, processor: Any, text: str, images: list[Any], ans
     keep = torch.tensor([prompt_len + index - 1], device=model.device)
     with torch.inference_mode():
         logits = model(**forward, logits_to_keep=keep, use_cache=False).logits[0, 0]
-    probs, expected = digit_distribution(logits[digit_ids])
-    return ForcedReadout(score=parsed.score, probs=probs, expected=expected, token_index=index)
+    probs, expected = digit_distribution(logits[digit_token_ids(processor.tokenizer)])
+    return ForcedReadout(score=score, probs=probs, expected=expected, token_index=index)
 
 
 def critic_forced_readout(critic: Any, mode: str, pair: Any, images: list[Any], answer: str
@@ -84,6 +93,8 @@ def critic_forced_readout(critic: Any, mode: str, pair: Any, images: list[Any], 
 
     ``images`` are the pair's decoded (original, edited) images.
     """
+    if critic.backend is not None:  # vLLM reads it with one generation step after the answer's prefix
+        return critic.backend.forced_readout(mode, pair, images, answer)
     text = critic.render(mode, pair.instruction, pair.requirement)
     with critic._lock:
         return forced_readout(critic.model, critic.processor, text, images, answer, critic.budget)

@@ -11,7 +11,7 @@ import pytest
 
 from firm_lite.errors import UserError
 from firm_lite.plan import GIB, inventory, prompt_text_tokens
-from firm_lite.plan.vllm import BLOCK_SIZE, PROMPT_TEXT_TOKENS, plan_vllm, vllm_max_model_len
+from firm_lite.plan.vllm import BLOCK_SIZE, plan_vllm, vllm_max_model_len
 
 # Qwen3-VL-8B, by hand (firm-edit-protocol.md): text 36 layers, hidden 4096, 8 KV heads of 128,
 # FFN 12288, vocab 151936; vision width 1152, FFN 4304, patch 16, merge 2, 3 deepstack taps.
@@ -107,13 +107,12 @@ def test_bigger_images_leave_fewer_pairs_in_flight() -> None:
 
 
 def test_the_engine_asks_vllm_for_the_planned_max_model_len() -> None:
-    """Until the engine imports these from the planner, they must agree."""
+    """The engine sizes vLLM with the planner's arithmetic (it imports it; this guards the wiring)."""
     from firm_lite.generation import DecodingConfig
     from firm_lite.images import ImageBudget
     from firm_lite.sources import tiny_critic_dir
     from firm_lite.vllm_backend import engine
 
-    assert engine.PROMPT_TEXT_TOKENS == PROMPT_TEXT_TOKENS
     budget = ImageBudget(65536, 1024 * 1024)
     config = json.loads((tiny_critic_dir() / "config.json").read_text("utf-8"))
     positions = config.get("text_config", config).get("max_position_embeddings")

@@ -67,7 +67,7 @@ def measure_engine(critic: Any, items: list[tuple[Any, Any, Any]], batch_size: i
     """Throughput and per-batch latency split by phase for the shared-prefix engine."""
     run = replace(critic, protocol=protocol)
     phases: dict[str, list[float]] = {"vision": [], "prefill": [], "decode": [], "total": []}
-    tokens = 0
+    tokens = wasted = 0  # wasted: steps vLLM ran after firm-lite's stop rule had ended an answer
     scores = {}
     t_all = time.perf_counter()
     for start in range(0, len(items), batch_size):
@@ -79,13 +79,14 @@ def measure_engine(critic: Any, items: list[tuple[Any, Any, Any]], batch_size: i
         for phase in ("vision", "prefill", "decode"):
             phases[phase].append(timings.get(phase, 0.0))
         tokens += int(timings.get("decode_tokens", 0))
+        wasted += int(timings.get("wasted_decode_tokens", 0))
         for k, (pair, _, _) in enumerate(batch):
             scores[pair.id] = {m: out[m][k].score for m in out}
     total = time.perf_counter() - t_all
     decode_s = sum(phases["decode"])
     return {
         "protocol": protocol, "batch_size": batch_size, "pairs": len(items), "seconds": total,
-        "pairs_per_s": len(items) / total, "decode_tokens": tokens,
+        "pairs_per_s": len(items) / total, "decode_tokens": tokens, "wasted_decode_tokens": wasted,
         "decode_tokens_per_s": tokens / decode_s if decode_s else None,
         "batch_latency_s": {p: {"p50": statistics.median(v), "p95": _percentile(v, 0.95)}
                             for p, v in phases.items() if any(v)},
@@ -119,7 +120,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             result["baseline"] = measure_baseline(critic, items)
         for b in spec["batch_sizes"]:  # backends without the engine batch through generate (no phase split)
             result["runs"].append(measure_engine(critic, items, b, "full"))
-        if critic.uses_engine and spec.get("fast", True):
+        if (critic.uses_engine or critic.backend is not None) and spec.get("fast", True):
             result["runs"].append(measure_engine(critic, items, max(spec["batch_sizes"]), "fast"))
     result["peak_memory"] = peak.report()
     result["peak_memory_bytes"] = result["peak_memory"]["peak_bytes"]

@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,8 @@ def calibrate(settings: CriticSettings | None = None, *, variants: list[str] | t
         raise UserError("nothing to calibrate: pass --variant NAME_OR_FOLDER (repeatable)")
     if batch_size < 1 or worst_k < 0:
         raise UserError("--batch-size must be >= 1 and --worst >= 0")
+    if plot and find_spec("matplotlib") is None:  # say it now, not after scoring every variant
+        raise UserError('calibration.png needs matplotlib: pip install "firm-lite[calib]", or pass --no-plot')
     manifest = Path(manifest) if manifest else default_path(DEFAULT_MANIFEST)
     limits_file = load_thresholds(Path(thresholds) if thresholds else default_path(DEFAULT_THRESHOLDS))
     out_dir = Path(out)

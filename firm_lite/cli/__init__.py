@@ -145,6 +145,7 @@ def critic_options(*, variant: bool = True, protocol: bool = True, model: str | 
 VLLM_OPTION_NAMES = {"vllm_tensor_parallel_size": "tensor_parallel_size",
                      "vllm_data_parallel_size": "data_parallel_size", "vllm_kv_cache_gib": "kv_cache_gib",
                      "vllm_gpu_memory_utilization": "gpu_memory_utilization",
+                     "vllm_max_num_batched_tokens": "max_num_batched_tokens",
                      "vllm_cpu_threads_bind": "cpu_threads_bind"}
 REMOTE_OPTION_NAMES = {"remote_endpoints": "endpoints", "remote_api_key": "api_key",
                        "remote_timeout_s": "timeout_s", "remote_concurrency": "concurrency"}
@@ -172,6 +173,10 @@ def backend_options() -> list[tuple[str, Any]]:
         ("vllm_gpu_memory_utilization", click.option(
             "--gpu-memory-utilization", "vllm_gpu_memory_utilization", type=click.FloatRange(0, 1, min_open=True),
             default=0.9, show_default=True, help="vLLM: share of each GPU's memory the engine may use.")),
+        ("vllm_max_num_batched_tokens", click.option(
+            "--max-num-batched-tokens", "vllm_max_num_batched_tokens", type=click.IntRange(min=1), default=16384,
+            show_default=True, help="vLLM: tokens per engine step (chunked prefill); smaller leaves more memory "
+                                    "for the KV cache.")),
         ("vllm_cpu_threads_bind", click.option(
             "--vllm-cpu-threads-bind", "vllm_cpu_threads_bind", default=None,
             help="vLLM on a CPU: cores of the engine's worker, e.g. 0-7 (vLLM's VLLM_CPU_OMP_THREADS_BIND; "
@@ -209,6 +214,6 @@ def settings_from_options(values: dict[str, Any]) -> Any:
     # (calibrate and bench name backends per variant, vllm:NAME: their vLLM options apply to those)
     if vllm != VllmOptions() and "variant" in values and backend != "vllm" \
             and not values["variant"].startswith("vllm:"):
-        raise UserError("--tensor-parallel-size, --data-parallel-size, --kv-cache-gib, --gpu-memory-utilization "
-                        "and --vllm-cpu-threads-bind need --backend vllm")
+        raise UserError("--tensor-parallel-size, --data-parallel-size, --kv-cache-gib, --gpu-memory-utilization, "
+                        "--max-num-batched-tokens and --vllm-cpu-threads-bind need --backend vllm")
     return CriticSettings(**values, backend=backend or "hf", vllm=vllm, remote=remote)

@@ -30,17 +30,18 @@ from typing import Any
 
 from firm_lite.engine import FAST_ANSWER_PREFIX, PROTOCOLS, fast_results
 from firm_lite.errors import UserError
-from firm_lite.generation import DecodingConfig, digit_token_ids
+from firm_lite.generation import DecodingConfig, digit_distribution, digit_token_ids
 from firm_lite.images import ImageBudget
+from firm_lite.plan.vllm import vllm_max_model_len
 from firm_lite.prompts import MODES
 from firm_lite.records import EditPair, ModeScore
 from firm_lite.settings import VllmOptions
+from firm_lite.teacher_forcing import ForcedReadout, forced_target
 from firm_lite.vllm_backend.answers import mode_score, step_digit_logprobs, stop_token_ids
 from firm_lite.vllm_backend.plugin import ARCHITECTURE, AUDIT_FILE_ENV, ENTRY_POINT, ENTRY_POINT_GROUP, installed
 from firm_lite.vllm_backend.weights import unused_weights_error
 
 Render = Callable[[str, str, str], str]  # (mode, instruction, requirement) -> rendered prompt
-PROMPT_TEXT_TOKENS = 4096  # room for the template + an instruction of up to 4000 characters
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 CPU_KV_CACHE_GIB = 2.0  # vLLM's CPU default is 4 GiB; a 1024x1024 pair of the 8B takes ~0.36 GiB in bf16
 INT4_WEIGHT_ONLY = ("gptq", "gptq_marlin", "awq", "awq_marlin")
@@ -129,6 +130,26 @@ class VllmEngine:
                 timings[key] = timings.get(key, 0) + value
         return results
 
+    def forced_readout(self, mode: str, pair: EditPair, images: list[Any], answer: str) -> ForcedReadout | None:
+        """Teacher forcing (calibration's KL) on vLLM: the prompt followed by ``answer`` up to its
+        score digit, one greedy step, the five digit log-probabilities of that step. The same
+        read-out as :func:`firm_lite.teacher_forcing.forced_readout` (softmax over the digits'
+        log-probabilities equals softmax over their logits), with the answer's prefix given as
+        text after the prompt the way the fast protocol gives its prefix."""
+
+        target = forced_target(self.processor.tokenizer, answer)
+        if target is None:
+            return None
+        answer_ids, index, score = target
+        prefix = self.processor.tokenizer.decode(answer_ids[:index])
+        request = {"prompt": self.render(mode, pair.instruction, pair.requirement) + prefix,
+                   "multi_modal_data": {"image": list(images)}}
+        with self._lock:
+            out = self.llm.generate([request], self.sampling["fast"], use_tqdm=False)
+        (digits,) = step_digit_logprobs([out[0].outputs[0].logprobs[0]], self.digit_ids)
+        probs, expected = digit_distribution(digits)
+        return ForcedReadout(score=score, probs=probs, expected=expected, token_index=index)
+
     def close(self) -> None:
         """Stop vLLM's engine processes now (otherwise they stop when the engine is collected)."""
         llm, self.llm = getattr(self, "llm", None), None
@@ -143,14 +164,12 @@ def _generation_config(folder: Path) -> Any:
 
 
 def _max_model_len(folder: Path, budget: ImageBudget, decoding: DecodingConfig) -> int:
-    """Two images at the budget's largest size, the prompt text and the answer; within the
-    model's positions."""
+    """Two images at the budget's largest size, the prompt text and the answer, within the
+    model's positions (the arithmetic `firm-lite plan --backend vllm` shows)."""
     config = json.loads((folder / "config.json").read_text("utf-8"))
     text = config.get("text_config", config)
-    factor = budget.patch_size * budget.merge_size
-    per_image = budget.max_pixels // (factor * factor) + 2  # + vision start/end
-    wanted = 2 * per_image + PROMPT_TEXT_TOKENS + decoding.max_new_tokens
-    return min(wanted, int(text.get("max_position_embeddings", wanted)))
+    return vllm_max_model_len(budget.max_pixels, budget.patch_size, budget.merge_size, decoding.max_new_tokens,
+                              text.get("max_position_embeddings"))
 
 
 def check_supported(folder: Path, on_cpu: bool, quantization: str | None = None) -> None:

@@ -114,6 +114,9 @@ class DataParallelEngines:
             timings["generate"] = timings.get("generate", 0) + time.perf_counter() - start
         return results
 
+    def forced_readout(self, mode: str, pair: EditPair, images: list[Any], answer: str) -> Any:
+        return self.engines[0].forced_readout(mode, pair, images, answer)
+
     def close(self) -> None:
         for engine in self.engines:
             engine.close()

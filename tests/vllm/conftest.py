@@ -14,23 +14,35 @@ HELDOUT = Path(__file__).resolve().parents[2] / "calibration" / "editset-heldout
 
 
 def engine_options():
-    from firm_lite.vllm_backend import VllmOptions
+    from firm_lite.settings import VllmOptions
 
     # a small KV cache (CI machines are small and shared); vLLM's own thread binding: binding the
     # worker to both cores of a 2-core machine measured slower here while other jobs ran
     return VllmOptions(kv_cache_gib=1)
 
 
-@pytest.fixture(scope="session")
-def vllm_engine(tiny_critic):
-    pytest.importorskip("vllm")
-    from firm_lite.sources import tiny_critic_dir
-    from firm_lite.vllm_backend import VllmEngine
+def vllm_settings(**changes):
+    """The settings of the session's vLLM critic (`firm-lite score --backend vllm --model tiny
+    --device cpu --kv-cache-gib 1`): the same settings load the same cached critic."""
+    from firm_lite.settings import CriticSettings
 
-    engine = VllmEngine(tiny_critic_dir(), tiny_critic.processor, tiny_critic.render, tiny_critic.budget,
-                        tiny_critic.decoding, dtype="fp32", options=engine_options())
-    yield engine
-    engine.close()
+    return CriticSettings(model="tiny", device="cpu", backend="vllm", vllm=engine_options()).replace(**changes)
+
+
+@pytest.fixture(scope="session")
+def vllm_critic():
+    """The tiny critic on vLLM, loaded as users load it (load_critic); one engine per session."""
+    pytest.importorskip("vllm")
+    from firm_lite.critic import load_critic, release_critic
+
+    critic = load_critic(vllm_settings())
+    yield critic
+    release_critic(critic)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(vllm_critic):
+    return vllm_critic.backend
 
 
 @pytest.fixture(scope="session")

@@ -122,3 +122,58 @@ def test_refuses_a_checkpoint_with_a_tensor_vllm_would_drop(tiny_critic, tmp_pat
     with pytest.raises(UnusedWeightsError, match=r"1 non-zero tensor.*layers\.1\.mlp\.down_proj\.bias"):
         VllmEngine(folder, tiny_critic.processor, tiny_critic.render, tiny_critic.budget, tiny_critic.decoding,
                    dtype="fp32", options=engine_options())
+
+
+def test_the_cli_records_match_transformers(tiny_critic, heldout_items) -> None:
+    """`firm-lite score --backend vllm` (.ci/vllm runs it; FIRM_LITE_VLLM_RECORDS names its --out):
+    the records, not only the engine's answers, equal the transformers backend's."""
+    path = os.environ.get("FIRM_LITE_VLLM_RECORDS")
+    if not path:
+        pytest.skip("FIRM_LITE_VLLM_RECORDS not set (.ci/vllm sets it)")
+    ref = _hf_answers("full", tiny_critic, heldout_items)
+    records = [json.loads(line) for line in Path(path).read_text("utf-8").splitlines()]
+    assert [r["id"] for r in records] == [pair.id for pair, _, _ in heldout_items]
+    for record, want in zip(records, ref, strict=True):
+        assert record["error"] is None and record["variant"] == "vllm:default:fp32"
+        for mode in MODES:
+            assert (record[mode]["raw"], record[mode]["score"]) == (want[mode].raw, want[mode].score), record["id"]
+
+
+def test_data_parallel_engines_put_every_answer_back_in_place(vllm_engine, heldout_items,
+                                                              vllm_full_answers) -> None:
+    """Pairs are dealt round-robin to the engines and come back in input order (here two "ranks"
+    share the session's engine; separate engines per rank were measured equal in the note)."""
+    from firm_lite.vllm_backend import DataParallelEngines
+
+    items = heldout_items[:7]  # odd: the shares differ in size
+    pool = DataParallelEngines([vllm_engine, vllm_engine])
+    timings: dict[str, float] = {}
+    out = pool.score_modes(items, timings=timings)
+    for k in range(len(items)):
+        for mode in MODES:
+            assert out[mode][k].raw == vllm_full_answers[k][mode].raw
+    assert timings["generate"] > 0 and timings["decode_tokens"] > 0
+    pool._pool.shutdown()
+
+
+def test_score_api_on_vllm_shares_the_loaded_engine(vllm_critic, tmp_path: Path) -> None:
+    """The score verb with the same settings reuses the loaded critic; records name the backend."""
+    from firm_lite.scoring import score
+    from tests.vllm.conftest import HELDOUT, vllm_settings
+
+    manifest = tmp_path / "three.jsonl"
+    lines = [line for line in HELDOUT.read_text("utf-8").splitlines() if line.startswith("{")][:3]
+    base = HELDOUT.parent
+    rows = []
+    for line in lines:
+        row = json.loads(line)
+        row["source"], row["edited"] = str(base / row["source"]), str(base / row["edited"])
+        rows.append(json.dumps(row))
+    manifest.write_text("\n".join(rows) + "\n", "utf-8")
+    out = tmp_path / "out.jsonl"
+    summary = score(vllm_settings(), manifest=manifest, out=out, progress=False)
+    records = [json.loads(x) for x in out.read_text("utf-8").splitlines()]
+    assert len(records) == 3 and all(r["error"] is None for r in records)
+    assert {r["variant"] for r in records} == {"vllm:default:fp32"}
+    assert summary is not None
+    assert vllm_critic.provenance["backend"]["backend"] == "vllm"
