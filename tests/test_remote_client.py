@@ -58,8 +58,9 @@ class FakeServer:
     ``("sleep", s)``, ``"malformed"``, ``"400"``; when empty, requests are answered ``"ok"``."""
 
     def __init__(self, tokenizer, model: str = "critic", exact: bool = True, key: str | None = None,
-                 prompt_ids: list[int] | None = None) -> None:
+                 prompt_ids: list[int] | None = None, refuse_mm_kwargs: bool = False) -> None:
         self.model, self.exact, self.key, self.prompt_ids = model, exact, key, prompt_ids
+        self.refuse_mm_kwargs = refuse_mm_kwargs
         self.digits = digit_token_ids(tokenizer)
         encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
         self.answer_ids = encode(ANSWER_HEAD) + [self.digits[SCORE - 1]] + encode(ANSWER_TAIL)
@@ -96,6 +97,12 @@ class FakeServer:
                 if kind == "sleep":
                     time.sleep(arg)
                     kind = "ok"
+                if fake.refuse_mm_kwargs and "mm_processor_kwargs" in body:  # vLLM's default
+                    kind = "mm-kwargs"
+                if kind == "mm-kwargs":
+                    self._send(400, {"error": {"message": "Per-request mm_processor_kwargs are disabled by default "
+                                                          "... (parameter=mm_processor_kwargs)"}})
+                    return
                 if kind == "500":
                     self._send(500, {"error": {"message": "engine hiccup"}})
                 elif kind == "429":
@@ -453,3 +460,21 @@ def test_serve_command_carries_firm_lites_engine_settings(tiny_critic) -> None:
     assert json.loads(flag("--limit-mm-per-prompt")) == {"image": 2, "video": 0}
     assert flag("--dtype") == "float32" and flag("--port") == "8123" and "--enable-prefix-caching" in argv
     assert cmd.env == {"VLLM_USE_AOT_COMPILE": "0"} and cmd.shell().startswith("VLLM_USE_AOT_COMPILE=0 python -m")
+
+
+def test_a_server_refusing_a_per_request_budget_is_held_to_it_on_every_answer(servers, engines, tiny_critic) -> None:
+    server = servers(refuse_mm_kwargs=True)
+    engine = engines(server.url)
+    assert not engine.budget_per_request and "checked on every answer" in engine.provenance["image_budget"]
+    probe, retried = server.chat_requests()
+    assert "mm_processor_kwargs" in probe["body"] and "mm_processor_kwargs" not in retried["body"]
+    items = _items(1)  # 80x48 images: 4 image tokens each at the tiny critic's budget
+    assert tiny_critic.budget.tokens_for(80, 48) == 4
+    image_pad = tiny_critic.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    server.prompt_ids = [7] + [image_pad] * 8 + [9]
+    assert engine.score_modes(items)["execution"][0].score == SCORE
+    assert "mm_processor_kwargs" not in server.chat_requests()[-1]["body"]
+    server.prompt_ids = [7] + [image_pad] * 12 + [9]  # a server whose launch budget is another one
+    with pytest.raises(RemoteError, match="12 image tokens where the critic's budget gives 8: start it with "
+                                          "--mm-processor-kwargs"):
+        engine.score_modes(items, modes=["execution"])

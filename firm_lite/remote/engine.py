@@ -44,6 +44,7 @@ from firm_lite.settings import RemoteOptions
 from firm_lite.vllm_backend.answers import mode_score, step_digit_logprobs
 
 Render = Callable[[str, str, str], str]  # (mode, instruction, requirement) -> rendered prompt
+IMAGE_TOKEN = "<|image_pad|>"  # Qwen-VL's image placeholder, one per image token in the prompt ids
 DOWN_S = 30.0  # an endpoint that never answered is left alone this long before it is tried again
 
 
@@ -82,11 +83,15 @@ class RemoteEngine:
                             "critic")
         self.served_model: str = models.pop()
         self.probs_exact: bool = all(p.exact for p in probes)
+        self.budget_per_request = all(p.per_request_budget for p in probes)
+        self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         versions = {p.endpoint: p.server_version for p in probes if p.server_version}
         self.provenance: dict[str, Any] = {
             "backend": "remote", "endpoints": list(self.endpoints), "served_model": self.served_model,
             "probs": "exact" if self.probs_exact else "partial-top-logprobs",
             "prompt_check": sorted({p.prompt_check for p in probes}),
+            "image_budget": "per request" if self.budget_per_request else "the server's (its launch flags), "
+                            "checked on every answer's image tokens",
             "options": options.as_record(),
         }
         if versions:
@@ -187,7 +192,7 @@ class RemoteEngine:
         while (job := run.take(endpoint)) is not None:
             index, mode = job
             try:
-                result = self._request(endpoint, items[index][0], mode, urls.get(index), protocol)
+                result = self._request(endpoint, items[index], mode, urls.get(index), protocol)
             except EndpointUnreachable as exc:
                 self._down_until[endpoint] = time.monotonic() + DOWN_S
                 run.requeue(job, endpoint, exc)
@@ -198,21 +203,36 @@ class RemoteEngine:
                 run.finish(job, result)
             urls.release(index)
 
-    def _request(self, endpoint: str, pair: EditPair, mode: str, images: tuple[str, str],
+    def _request(self, endpoint: str, item: tuple[EditPair, Any, Any], mode: str, images: tuple[str, str],
                  protocol: str) -> tuple[ModeScore, int, int]:
+        pair, source, edited = item
         fast = protocol == "fast"
         body = request_body(self.served_model, messages(mode, pair.instruction, pair.requirement, *images, protocol),
                             max_tokens=1 if fast else self.decoding.max_new_tokens, stop_ids=self.stop_ids,
                             digit_ids=self.digit_ids, exact=self.probs_exact,
-                            processor_kwargs=self.budget.processor_kwargs(), continue_final=fast)
+                            processor_kwargs=self.budget.processor_kwargs() if self.budget_per_request else None,
+                            continue_final=fast)
         response = self._http.request("POST", f"{endpoint}/v1/chat/completions",
                                       content=json.dumps(body).encode("utf-8"))
         del body
         if response.status_code != 200:
             raise RemoteError(f"{endpoint}: HTTP {response.status_code} (not retried): {error_text(response.content)}")
         completion = parse_completion(response.content, self.digit_ids, exact=self.probs_exact)
+        if completion.prompt_token_ids is not None:
+            self._check_image_tokens(endpoint, completion.prompt_token_ids, pair, source, edited)
         with self._tokenizer_lock:
             return self._answer(completion, mode, fast)
+
+    def _check_image_tokens(self, endpoint: str, prompt_ids: list[int], pair: EditPair, source: Any,
+                            edited: Any) -> None:
+        """The server saw each image at the critic's budget (its own budget may differ when it
+        refuses ours per request): the image-token count of the prompt says so."""
+        got = prompt_ids.count(self.image_token_id)
+        want = sum(self.budget.tokens_for(*im.size) for im in (source, edited))
+        if got != want:
+            raise RemoteError(f"{endpoint}: the server gave pair {pair.id}'s images {got} image tokens where the "
+                              f"critic's budget gives {want}: start it with --mm-processor-kwargs "
+                              f"'{json.dumps(self.budget.processor_kwargs())}' (firm_lite.remote.vllm_serve_command)")
 
     def _answer(self, completion: Completion, mode: str, fast: bool) -> tuple[ModeScore, int, int]:
         if fast:

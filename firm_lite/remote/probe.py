@@ -3,8 +3,10 @@ gives what firm-lite reads, and does it see the very prompt firm-lite would send
 
 :func:`probe_endpoint` asks ``GET /v1/models`` (the served model), ``GET /version`` (vLLM's
 version, if the server has the route) and one one-token chat request on two small images with
-``logprob_token_ids``: a server that returns all five digit log-probabilities honours it
-(``exact``), one that does not gets top log-probabilities later. When the server returns the
+``logprob_token_ids`` and the critic's image budget: a server that returns all five digit
+log-probabilities honours it (``exact``), one that does not gets top log-probabilities later; a
+server that refuses a per-request budget (vLLM's default) is asked again without it, and then its
+launch budget is what the image-token checks below and on every answer hold to firm-lite's. When the server returns the
 prompt's token ids (vLLM's ``return_token_ids``) they are compared with the processor's own for
 the same turn and image budget: another chat template, tokenizer or image budget would score a
 different prompt, so it is refused here rather than discovered in the results. Each failure is a
@@ -32,6 +34,7 @@ from firm_lite.remote.wire import (
 
 PROBE_MODE = "execution"
 PROBE_INSTRUCTION = "Make the sky blue."
+PROBE_MAX_PIXELS = 2048 * 2048  # the largest budget whose upper bound the probe checks (4096 image tokens)
 SERVE_HINT = "firm_lite.remote.vllm_serve_command gives the vLLM command that matches firm-lite's settings"
 
 
@@ -42,25 +45,33 @@ class Probe:
     server_version: str | None
     exact: bool  # the server honours logprob_token_ids
     prompt_check: str  # "token ids equal" or why it was not checked
+    per_request_budget: bool  # the server takes the image budget per request (else its launch budget is used)
 
 
-def probe_images() -> tuple[Any, Any]:
+def probe_images(budget: ImageBudget) -> tuple[Any, Any]:
+    """An image under the budget's least pixels (scaled up) and, where that costs at most a few
+    thousand image tokens, one over its most (scaled down): the token check then sees both bounds."""
+    import math
+
     from PIL import Image
 
-    return Image.new("RGB", (64, 48), (200, 40, 40)), Image.new("RGB", (64, 48), (40, 40, 200))
+    side = math.isqrt(int(budget.max_pixels * 1.2)) if budget.max_pixels <= PROBE_MAX_PIXELS else 64
+    return Image.new("RGB", (64, 48), (200, 40, 40)), Image.new("RGB", (side, side), (40, 40, 200))
 
 
 def probe_endpoint(http: Http, endpoint: str, processor: Any, render: Callable[[str, str, str], str],
                    budget: ImageBudget, digit_ids: list[int], stop_ids: list[int]) -> Probe:
     model = _served_model(http, endpoint)
     version = _server_version(http, endpoint)
-    source, edited = probe_images()
-    body = request_body(model, messages(PROBE_MODE, PROBE_INSTRUCTION, "", image_data_url(source),
-                                        image_data_url(edited)),
-                        max_tokens=1, stop_ids=stop_ids, digit_ids=digit_ids, exact=True,
-                        processor_kwargs=budget.processor_kwargs())
-    url = f"{endpoint}/v1/chat/completions"
-    response = _call(http, "POST", url, content=json.dumps(body).encode("utf-8"))
+    source, edited = probe_images(budget)
+    chat = messages(PROBE_MODE, PROBE_INSTRUCTION, "", image_data_url(source), image_data_url(edited))
+    per_request_budget = True
+    response = _probe_chat(http, endpoint, model, chat, digit_ids, stop_ids, budget.processor_kwargs())
+    if response.status_code == 400 and "mm_processor_kwargs" in error_text(response.content):
+        # vLLM refuses a per-request image budget unless started with --trust-request-mm-kwargs:
+        # its launch budget (--mm-processor-kwargs) is used, and checked on every answer
+        per_request_budget = False
+        response = _probe_chat(http, endpoint, model, chat, digit_ids, stop_ids, None)
     if response.status_code != 200:
         raise UserError(f"{endpoint}: a one-token test request failed with HTTP {response.status_code}: "
                         f"{error_text(response.content)}")
@@ -80,7 +91,15 @@ def probe_endpoint(http: Http, endpoint: str, processor: Any, render: Callable[[
                             f"({_first_difference(completion.prompt_token_ids, local)}): it serves another chat "
                             f"template, tokenizer or image budget; {SERVE_HINT}")
         check = "token ids equal"
-    return Probe(endpoint=endpoint, served_model=model, server_version=version, exact=exact, prompt_check=check)
+    return Probe(endpoint=endpoint, served_model=model, server_version=version, exact=exact, prompt_check=check,
+                 per_request_budget=per_request_budget)
+
+
+def _probe_chat(http: Http, endpoint: str, model: str, chat: list[dict[str, Any]], digit_ids: list[int],
+                stop_ids: list[int], processor_kwargs: dict[str, Any] | None) -> Any:
+    body = request_body(model, chat, max_tokens=1, stop_ids=stop_ids, digit_ids=digit_ids, exact=True,
+                        processor_kwargs=processor_kwargs)
+    return _call(http, "POST", f"{endpoint}/v1/chat/completions", content=json.dumps(body).encode("utf-8"))
 
 
 def _call(http: Http, method: str, url: str, content: bytes | None = None, retries: int | None = None) -> Any:

@@ -4,9 +4,10 @@ One request is one chat call of the reference protocol: a single user turn holdi
 image, the EDITED image and the mode's verbatim template text (the order of
 :func:`firm_lite.prompts.build_messages`), with the images as lossless PNG data URLs of the
 pictures the critic decoded (so the server sees the same pixels as the in-process engines), the
-critic's image budget per request (``mm_processor_kwargs``), greedy decoding with the answer cap
-and firm-lite's stop tokens, and every sampling knob that could change a greedy token set to its
-neutral value (a server's generation config may set a repetition penalty as a default).
+critic's image budget per request (``mm_processor_kwargs``, where the server allows it), greedy
+decoding with the answer cap and firm-lite's stop tokens, and every sampling knob that could change
+a greedy token set to its neutral value (a server's generation config may set a repetition penalty
+as a default).
 
 Beyond the OpenAI fields it uses vLLM's: ``logprob_token_ids`` (the five digit log-probabilities
 at every step), ``return_token_ids`` (the completion's token ids, which firm-lite decodes and cuts
@@ -68,9 +69,11 @@ def messages(mode: str, instruction: str, requirement: str, source_url: str, edi
 
 
 def request_body(model: str, chat: list[dict[str, Any]], *, max_tokens: int, stop_ids: list[int],
-                 digit_ids: list[int], exact: bool, processor_kwargs: dict[str, Any],
+                 digit_ids: list[int], exact: bool, processor_kwargs: dict[str, Any] | None,
                  continue_final: bool = False) -> dict[str, Any]:
-    """The body of one ``POST /v1/chat/completions``."""
+    """The body of one ``POST /v1/chat/completions``. ``processor_kwargs`` (the image budget) is
+    left out for a server that refuses it per request (vLLM without ``--trust-request-mm-kwargs``):
+    that server's own budget is then checked on every answer's image tokens."""
     body: dict[str, Any] = {
         "model": model,
         "messages": chat,
@@ -86,11 +89,12 @@ def request_body(model: str, chat: list[dict[str, Any]], *, max_tokens: int, sto
         "logprobs": True,
         "return_token_ids": True,
         "return_tokens_as_token_ids": True,
-        "mm_processor_kwargs": processor_kwargs,
         "add_generation_prompt": not continue_final,
         "continue_final_message": continue_final,
         "stream": False,
     }
+    if processor_kwargs is not None:
+        body["mm_processor_kwargs"] = processor_kwargs
     if exact:
         body["logprob_token_ids"] = digit_ids
     else:
