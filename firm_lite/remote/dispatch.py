@@ -33,13 +33,20 @@ class Dispatch:
         self.results: dict[Job, Any] = {}
         self.errors: dict[Job, Exception] = {}
         self.is_up, self.closed = is_up, closed
+        self.aborted = False
+
+    def abort(self) -> None:
+        """A slot died of a bug: the other slots stop taking work (none waits for it forever)."""
+        with self.cond:
+            self.aborted = True
+            self.cond.notify_all()
 
     def take(self, endpoint: str) -> Job | None:
         """The next request for a free slot of ``endpoint``; None when there is nothing left for
         it (all done, engine closed, or the endpoint is down)."""
         with self.cond:
             while True:
-                if self.remaining == 0 or self.closed.is_set() or not self.is_up(endpoint):
+                if self.remaining == 0 or self.closed.is_set() or self.aborted or not self.is_up(endpoint):
                     return None
                 if self.local[endpoint]:
                     return self.local[endpoint].popleft()

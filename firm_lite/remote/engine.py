@@ -189,19 +189,23 @@ class RemoteEngine:
     def _slot(self, run: Dispatch, endpoint: str, items: list[tuple[EditPair, Any, Any]], urls: _ImageUrls,
               protocol: str) -> None:
         """One in-flight request at a time for ``endpoint``, until the call has nothing left for it."""
-        while (job := run.take(endpoint)) is not None:
-            index, mode = job
-            try:
-                result = self._request(endpoint, items[index], mode, urls.get(index), protocol)
-            except EndpointUnreachable as exc:
-                self._down_until[endpoint] = time.monotonic() + DOWN_S
-                run.requeue(job, endpoint, exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - the item's failure, raised by score_modes
-                run.finish(job, error=exc)
-            else:
-                run.finish(job, result)
-            urls.release(index)
+        try:
+            while (job := run.take(endpoint)) is not None:
+                index, mode = job
+                try:
+                    result = self._request(endpoint, items[index], mode, urls.get(index), protocol)
+                except EndpointUnreachable as exc:
+                    self._down_until[endpoint] = time.monotonic() + DOWN_S
+                    run.requeue(job, endpoint, exc)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the item's failure, raised by score_modes
+                    run.finish(job, error=exc)
+                else:
+                    run.finish(job, result)
+                urls.release(index)
+        except BaseException:
+            run.abort()
+            raise
 
     def _request(self, endpoint: str, item: tuple[EditPair, Any, Any], mode: str, images: tuple[str, str],
                  protocol: str) -> tuple[ModeScore, int, int]:
