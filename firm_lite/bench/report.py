@@ -7,8 +7,11 @@ or compared later with ``firm-lite bench --report FILE.json``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
@@ -88,11 +91,18 @@ def pareto_plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_views(json_path: str | Path) -> tuple[Path, Path]:
-    """Write ``.md`` and ``.png`` next to a saved results JSON."""
+def write_views(json_path: str | Path) -> tuple[Path, Path | None]:
+    """Write ``.md`` and ``.png`` next to a saved results JSON (no ``.png`` without matplotlib,
+    e.g. in the vLLM environment: said once, ``--report FILE.json`` draws it elsewhere)."""
+    from importlib.util import find_spec
+
     json_path = Path(json_path)
     results = json.loads(json_path.read_text("utf-8"))
     md, png = json_path.with_suffix(".md"), json_path.with_suffix(".png")
     md.write_text(table(results), "utf-8")
+    if find_spec("matplotlib") is None:
+        log.warning("no plot: matplotlib is not installed (pip install \"firm-lite[calib]\"); "
+                    "`firm-lite bench --report %s` draws it where it is", json_path)
+        return md, None
     pareto_plot(results, png)
     return md, png

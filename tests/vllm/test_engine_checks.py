@@ -10,7 +10,7 @@ import pytest
 
 from firm_lite.errors import UserError
 from firm_lite.sources import tiny_critic_dir
-from firm_lite.vllm_backend.engine import _vllm_dtype, check_supported
+from firm_lite.vllm_backend.engine import check_supported, vllm_dtype
 
 
 def _critic_with(tmp_path: Path, **config_changes) -> Path:
@@ -41,7 +41,7 @@ def test_other_architectures_are_refused(tmp_path: Path) -> None:
 
 
 def test_dtype_follows_firm_lites_policy() -> None:
-    assert (_vllm_dtype("auto", on_cpu=True), _vllm_dtype("auto", on_cpu=False)) == ("float32", "bfloat16")
-    assert _vllm_dtype("fp16", on_cpu=False) == "float16"
+    assert (vllm_dtype("auto", on_cpu=True), vllm_dtype("auto", on_cpu=False)) == ("float32", "bfloat16")
+    assert vllm_dtype("fp16", on_cpu=False) == "float16"
     with pytest.raises(UserError, match="takes auto, fp32, bf16, fp16"):
-        _vllm_dtype("int8", on_cpu=True)
+        vllm_dtype("int8", on_cpu=True)
