@@ -234,7 +234,7 @@ def release_cached_memory(device: Any) -> None:
 
 
 def synchronize(device: Any) -> None:
-    if device.type == "cuda":
+    if getattr(device, "type", None) == "cuda":  # a remote critic's device is the string "remote"
         import torch
 
         torch.cuda.synchronize(device)

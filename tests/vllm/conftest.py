@@ -53,3 +53,14 @@ def heldout_items(tiny_critic):
     rows = list(read_manifest(HELDOUT))
     assert len(rows) == 80 and all(r.pair for r in rows)
     return [(r.pair, *tiny_critic.prepare(r.pair)) for r in rows]
+
+
+@pytest.fixture(scope="session")
+def vllm_answers(vllm_engine, heldout_items):
+    """The session engine's answers on the held-out pairs per protocol, computed once (the full
+    protocol first, while the prefix cache is cold, so the images really go through vLLM)."""
+    answers = {}
+    for protocol in ("full", "fast"):
+        out = vllm_engine.score_modes(heldout_items, protocol=protocol)
+        answers[protocol] = [{m: out[m][k] for m in out} for k in range(len(heldout_items))]
+    return answers

@@ -47,21 +47,14 @@ def _hf_answers(protocol: str, critic, items) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def vllm_full_answers(vllm_engine, heldout_items):
-    """Scored first, while the prefix cache is cold (so the images really go through vLLM)."""
-    out = vllm_engine.score_modes(heldout_items)
-    return [{m: out[m][k] for m in out} for k in range(len(heldout_items))]
+def vllm_full_answers(vllm_answers):
+    return vllm_answers["full"]
 
 
 @pytest.mark.parametrize("protocol", ["full", "fast"])
-def test_heldout_answers_match_transformers(protocol, tiny_critic, heldout_items, vllm_engine,
-                                            vllm_full_answers) -> None:
+def test_heldout_answers_match_transformers(protocol, tiny_critic, heldout_items, vllm_answers) -> None:
     ref = _hf_answers(protocol, tiny_critic, heldout_items)
-    if protocol == "full":
-        answers = vllm_full_answers
-    else:
-        out = vllm_engine.score_modes(heldout_items, protocol=protocol)
-        answers = [{m: out[m][k] for m in out} for k in range(len(heldout_items))]
+    answers = vllm_answers[protocol]
     mismatches, worst = [], []
     for (pair, _, _), want, got in zip(heldout_items, ref, answers, strict=True):
         for mode in MODES:
