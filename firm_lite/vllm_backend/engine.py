@@ -221,10 +221,16 @@ def _start_llm(folder: Path, budget: ImageBudget, decoding: DecodingConfig, dtyp
         try:
             with _scoped_env(env, placement or {}):
                 llm = vllm.LLM(**args)
-        except Exception:
+        except Exception as exc:
             audit = _read_audit(audit_file)
             if audit and audit["unused_nonzero"]:  # the worker refused the checkpoint: say why, in one line
                 raise unused_weights_error(audit["unused_nonzero"]) from None
+            if "Engine core initialization failed" in str(exc):  # vLLM logged its reason above
+                raise UserError(
+                    f"vLLM could not start its engine (its reason is logged above). If the KV cache cannot hold "
+                    f"one sequence of max_model_len {args['max_model_len']} (two images at --max-pixels "
+                    f"{budget.max_pixels}): pass --max-pixels for your images, or raise --gpu-memory-utilization "
+                    f"/ --kv-cache-gib; `firm-lite plan --backend vllm --vram GIB` shows what fits") from None
             raise
         audit = _read_audit(audit_file)
     if audit is None:
