@@ -24,12 +24,6 @@ from firm_lite.vllm_backend.parallel import start_engine
 
 log = logging.getLogger(__name__)
 
-# What each variant is on vLLM: (dtype or None for --dtype, vLLM quantization); exported GPTQ
-# folders load as themselves (vLLM reads their quantization_config: gptq_marlin on a GPU).
-VLLM_VARIANTS = {"default": (None, None), "fp32": ("fp32", None), "bf16": ("bf16", None),
-                 "fp16": ("fp16", None), "nf4": (None, "bitsandbytes")}
-VLLM_FOLDER_FAMILIES = ("gptq",)
-
 
 def load(settings: CriticSettings) -> Critic:
     """The critic on an in-process vLLM engine: firm-lite prepares and records, vLLM generates."""
@@ -37,6 +31,7 @@ def load(settings: CriticSettings) -> Critic:
     from transformers import AutoProcessor
 
     from firm_lite.device import dtype_name, resolve_device, resolve_dtype
+    from firm_lite.plan.vllm import vllm_candidates
     from firm_lite.sources import resolve_model
     from firm_lite.variants.registry import resolve_variant
 
@@ -45,13 +40,18 @@ def load(settings: CriticSettings) -> Critic:
         raise UserError("--variant auto plans for the transformers backend; with --backend vllm name the "
                         "variant (see `firm-lite plan --backend vllm`)")
     spec, folder = resolve_variant(variant)
-    if folder is None and spec.name not in VLLM_VARIANTS or folder is not None and spec.family not in \
-            VLLM_FOLDER_FAMILIES:
-        raise UserError(f"variant {variant} ({spec.description}) does not run on vLLM: use --backend hf for it; "
-                        f"on vLLM: {', '.join(VLLM_VARIANTS)} or an exported GPTQ folder")
     dev = resolve_device(settings.device)
-    fixed_dtype, quantization = VLLM_VARIANTS.get(spec.name, (None, None)) if folder is None else (None, None)
-    dtype = fixed_dtype or dtype_name(resolve_dtype(settings.dtype, dev))
+    dtype = dtype_name(resolve_dtype(settings.dtype, dev))
+    # which variants vLLM runs, and how, is the planner's table (one source for plan and load); the
+    # checkpoint at --dtype and an exported GPTQ folder (vLLM reads its quantization_config) load as themselves
+    as_itself = spec.name in ("default", "gptq")
+    candidate = None if as_itself else next((c for c in vllm_candidates(dtype) if c.variant == spec.name), None)
+    if not as_itself and (candidate is None or candidate.why_not):
+        why = f": {candidate.why_not}" if candidate else ""
+        raise UserError(f"variant {variant} ({spec.description}) does not run on vLLM: use --backend hf for it{why}")
+    quantization = candidate.quantization if candidate else None
+    if spec.family == "reference" and spec.name != "default":
+        dtype = spec.name  # fp32, bf16, fp16: the variant is the dtype
     options = settings.vllm if quantization is None else dc_replace(settings.vllm, quantization=quantization)
     source = resolve_model(str(folder) if folder is not None and settings.model == DEFAULT_MODEL else settings.model,
                            revision=settings.revision)
