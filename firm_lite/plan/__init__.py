@@ -252,14 +252,19 @@ def _candidates() -> list[tuple[str, str, Any, int | None]]:
     return [r[1:] for r in sorted(rows, key=lambda r: (r[0], r[1]))]
 
 
-def plan(model: str = DEFAULT_MODEL, vram_gib: float | None = None,
-         image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, dtype: str = "bf16", pairs: int = 1) -> list[PlanRow]:
-    """One row per variant: exact weight memory, KV-cache and activation estimates for a batch of
-    ``pairs`` pairs at ``image_size``, and whether the total fits ``vram_gib`` (None: not judged)."""
+def check_plan_inputs(dtype: str, image_size: tuple[int, int]) -> None:
+    """What every plan (transformers or vLLM) refuses alike."""
     if dtype not in DTYPE_BYTES:
         raise UserError(f"--dtype {dtype}: expected one of bf16, fp16, fp32")
     if min(image_size) < 1:
         raise UserError(f"--image-size {image_size[0]}x{image_size[1]}: sides must be positive")
+
+
+def plan(model: str = DEFAULT_MODEL, vram_gib: float | None = None,
+         image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, dtype: str = "bf16", pairs: int = 1) -> list[PlanRow]:
+    """One row per variant: exact weight memory, KV-cache and activation estimates for a batch of
+    ``pairs`` pairs at ``image_size``, and whether the total fits ``vram_gib`` (None: not judged)."""
+    check_plan_inputs(dtype, image_size)
     if pairs < 1:
         raise UserError(f"--batch-size {pairs}: must be >= 1")
     inv = inventory(model)

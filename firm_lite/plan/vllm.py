@@ -39,6 +39,7 @@ from firm_lite.plan import (
     MAX_NEW_TOKENS,
     RUNTIME_RESERVE_BYTES,
     Inventory,
+    check_plan_inputs,
     image_tokens,
     inventory,
     kv_bytes_per_token,
@@ -299,10 +300,7 @@ def plan_vllm(model: str = DEFAULT_MODEL, vram_gib: float | None = None,
     seqs = defaults.max_num_seqs if max_num_seqs is None else max_num_seqs
     if vram_gib is None or vram_gib <= 0:
         raise UserError("--backend vllm plans an engine for a card: give its memory, e.g. --vram 24")
-    if dtype not in DTYPE_BYTES:
-        raise UserError(f"--dtype {dtype}: expected one of bf16, fp16, fp32")
-    if min(image_size) < 1:
-        raise UserError(f"--image-size {image_size[0]}x{image_size[1]}: sides must be positive")
+    check_plan_inputs(dtype, image_size)
     if gpus < 1:
         raise UserError(f"--gpus {gpus}: must be >= 1")
     if not 0 < utilization <= 1:
