@@ -67,32 +67,34 @@ def score_on_ray_cmd(*, ray: str, workers: int | None, gpus_per_worker: float | 
                      **single_pair: Any) -> int:
     """``firm-lite score --ray``: run :func:`~firm_lite.cluster.batch.score_on_ray`, print the
     result; returns the exit code."""
-    from firm_lite.cluster.batch import score_on_ray
-    from firm_lite.errors import UserError
-
-    if shard is not None:
-        raise UserError("--shard and --ray both split the work: use --shard for separate processes, or --ray for "
-                        "one run spread over a Ray cluster")
-    given = [f"--{k.replace('_', '-')}" for k, v in single_pair.items()
-             if v not in (None, False, "pair", "") and k in ("source", "edited", "instruction", "demo", "html")]
-    if given or manifest is None:
-        raise UserError(f"--ray scores a --manifest{' (drop ' + ', '.join(given) + ')' if given else ''}")
-    if out is None:
-        raise UserError("--ray needs --out DIR: a folder the run writes its part files to (merge them with "
-                        "firm-lite merge)")
     import contextlib
 
     # Ray's driver prints its own notes (retried tasks, dead actors) on stdout from a background
-    # thread; while the run lasts they go to stderr so stdout stays one JSON document / the table.
+    # thread, whenever they arrive; for the whole command they go to stderr, and only the result is
+    # written to the real stdout, so it stays one JSON document / the table.
+    stdout = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):
+        from firm_lite.cluster.batch import score_on_ray
+        from firm_lite.errors import UserError
+
+        if shard is not None:
+            raise UserError("--shard and --ray both split the work: use --shard for separate processes, or --ray for "
+                            "one run spread over a Ray cluster")
+        given = [f"--{k.replace('_', '-')}" for k, v in single_pair.items()
+                 if v not in (None, False, "pair", "") and k in ("source", "edited", "instruction", "demo", "html")]
+        if given or manifest is None:
+            raise UserError(f"--ray scores a --manifest{' (drop ' + ', '.join(given) + ')' if given else ''}")
+        if out is None:
+            raise UserError("--ray needs --out DIR: a folder the run writes its part files to (merge them with "
+                            "firm-lite merge)")
         run = score_on_ray(settings, manifest=manifest, out=out, ray=ray, workers=workers or 1,
                            gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker or 1.0,
                            batch_size=batch_size, retry_errors=retry_errors, progress=progress)
-    if as_json:
-        click.echo(json.dumps(run.as_json(), indent=2, ensure_ascii=False))
-    else:
-        click.echo(f"{run.scored} scored, {run.failed} failed, {run.skipped} skipped (already in {out}) | "
-                   f"variant {run.provenance.get('variant', '-')}")
-        click.echo(f"one file in manifest order: firm-lite merge {out} --manifest {manifest} --out scores.jsonl",
-                   err=True)
-    return run.exit_code
+        if as_json:
+            click.echo(json.dumps(run.as_json(), indent=2, ensure_ascii=False), file=stdout)
+        else:
+            click.echo(f"{run.scored} scored, {run.failed} failed, {run.skipped} skipped (already in {out}) | "
+                       f"variant {run.provenance.get('variant', '-')}", file=stdout)
+            click.echo(f"one file in manifest order: firm-lite merge {out} --manifest {manifest} --out scores.jsonl",
+                       err=True)
+        return run.exit_code
