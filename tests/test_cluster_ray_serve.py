@@ -52,6 +52,24 @@ def _ray_processes(marker: str) -> list:
     return found
 
 
+def _settled_metrics(url: str) -> dict:
+    """/metrics once the cluster view has caught up: the answering replica adds the other replicas'
+    last heartbeats, which may be a beat behind a request that just ended (on 2 busy cores, more
+    than one). Settled = both replicas reporting and the same item counts over two heartbeats."""
+    from firm_lite.cluster.serving import HEARTBEAT_S
+
+    deadline = time.monotonic() + 30
+    last = None
+    while True:
+        now = requests.get(f"{url}/metrics", headers=AUTH, timeout=10).json()
+        counts = (now["replicas"]["reporting"], now["items"])  # not requests: each /metrics call is one
+        if counts == last and now["replicas"]["reporting"] == 2:
+            return now
+        assert time.monotonic() < deadline, f"/metrics never settled: {now}"
+        last = counts
+        time.sleep(2 * HEARTBEAT_S + 0.2)
+
+
 @pytest.fixture(scope="module")
 def items() -> list[tuple[bytes, bytes, str]]:
     return [(*_jpeg_pair(k), text) for k, text in enumerate(INSTRUCTIONS)]
@@ -159,7 +177,7 @@ def test_bad_input_becomes_the_single_process_error_records(server, items, tiny_
 
 def test_metrics_add_up_over_both_replicas(server, items) -> None:
     url, *_ = server
-    before = requests.get(f"{url}/metrics", headers=AUTH, timeout=10).json()
+    before = _settled_metrics(url)  # the earlier tests' counters, once every replica has reported them
     body = pickle.dumps({"ref_images": [s for s, _, _ in items[:2]], "images": [e for _, e, _ in items[:2]],
                          "prompts": [t for _, _, t in items[:2]]})
 
@@ -170,8 +188,7 @@ def test_metrics_add_up_over_both_replicas(server, items) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(post, range(8))) == [200] * 8
-    time.sleep(1.5)  # one heartbeat: every replica has reported its latest counters
-    after = requests.get(f"{url}/metrics", headers=AUTH, timeout=10).json()
+    after = _settled_metrics(url)
     replicas = after["replicas"]
     assert replicas["target"] == 2 and replicas["reporting"] == 2 and len(replicas["per_replica"]) == 2
     assert after["items"]["consistency"] - before["items"].get("consistency", 0) == 16
