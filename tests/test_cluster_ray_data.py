@@ -43,6 +43,15 @@ def single(tiny_critic, tmp_path_factory) -> tuple[Path, Path]:
     return manifest, out
 
 
+def _workers_released(ray_module, within_s: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + within_s
+    while ray_module.available_resources().get("CPU", 0) < ray_module.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"a stopped run still holds workers: {ray_module.available_resources()}"
+        time.sleep(0.2)
+
+
 class _Stop(KeyboardInterrupt):
     """Ctrl-C on the driver, raised from inside the record loop."""
 
@@ -62,6 +71,7 @@ def test_stopped_halfway_then_resumed_equals_the_single_run(ray_cluster, single,
 
     with pytest.raises(_Stop):
         score_on_ray(TINY, manifest=manifest, out=folder, workers=2, batch_size=1, on_record=stop_after_five)
+    _workers_released(ray_cluster)  # the stopped run scores nothing more in the background
     [first] = part_files(folder)
     assert len(first.read_text().splitlines()) == 5  # everything handed to the driver was written
     with first.open("a") as fh:
@@ -69,10 +79,11 @@ def test_stopped_halfway_then_resumed_equals_the_single_run(ray_cluster, single,
 
     result = CliRunner().invoke(main, ["score", "--model", "tiny", "--device", "cpu", "--manifest", str(manifest),
                                        "--out", str(folder), "--ray", "--workers", "2", "--batch-size", "1", "--json"])
-    assert result.exit_code == 1, result.stderr  # 1: the manifest's bad rows are error records
+    said = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.exit_code == 1, said  # 1: the manifest's bad rows are error records
     summary = json.loads(result.stdout)["summary"]
-    assert summary["skipped"] == 5 and summary["scored"] + summary["failed"] == total - 5
-    assert len(part_files(folder)) == 2
+    assert summary["skipped"] == 5 and summary["scored"] + summary["failed"] == total - 5, said
+    assert len(part_files(folder)) == 2, part_files(folder)
 
     merged = tmp_path / "merged.jsonl"
     merge_results([folder], out=merged, manifest=manifest)
@@ -80,7 +91,8 @@ def test_stopped_halfway_then_resumed_equals_the_single_run(ray_cluster, single,
 
     again = CliRunner().invoke(main, ["score", "--model", "tiny", "--device", "cpu", "--manifest", str(manifest),
                                       "--out", str(folder), "--ray", "--json"])
-    assert again.exit_code == 0 and json.loads(again.stdout)["summary"]["skipped"] == total  # Ray not even asked
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["summary"]["skipped"] == total, again.output  # Ray not even asked
 
 
 def test_bad_ray_configurations_are_one_line(ray_cluster, single, tmp_path: Path) -> None:
