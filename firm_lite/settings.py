@@ -29,6 +29,13 @@ FAST_SUFFIX = "+fast"  # "<variant>+fast": that variant under the fast protocol 
 BACKEND_PREFIXES = ("vllm:",)  # "vllm:<variant>": that variant on the vLLM backend (calibrate, bench)
 
 
+def require_all(checks: list[tuple[bool, str]]) -> None:
+    """UserError with the message of the first check that fails (settings validate in one place)."""
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
 def split_protocol(variant: str, protocol: str = "full") -> tuple[str, str]:
     """``"nf4+fast"`` -> ``("nf4", "fast")``; other names keep ``protocol``."""
     if variant.endswith(FAST_SUFFIX):
@@ -74,9 +81,7 @@ class VllmOptions:
             (self.tensor_parallel_size >= 1, f"tensor parallel size must be >= 1 (got {self.tensor_parallel_size})"),
             (self.data_parallel_size >= 1, f"data parallel size must be >= 1 (got {self.data_parallel_size})"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        require_all(checks)
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,9 +112,7 @@ class RemoteOptions:
             (self.retries >= 0, f"retries must be >= 0 (got {self.retries})"),
             (self.concurrency >= 1, f"concurrency must be >= 1 (got {self.concurrency})"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        require_all(checks)
 
     def as_record(self) -> dict[str, Any]:
         """Without the key."""
@@ -174,9 +177,7 @@ class CriticSettings:
             (None in (self.min_pixels, self.max_pixels) or self.min_pixels <= self.max_pixels,
              f"min_pixels {self.min_pixels} is over max_pixels {self.max_pixels}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        require_all(checks)
         self.weights  # noqa: B018 - validates w1/w2 (raises UserError)
 
     @property
